@@ -1,0 +1,3 @@
+#pragma once
+// Umbrella header: the only include a user needs.
+#include "muon/version.hpp"
