@@ -1,0 +1,317 @@
+#pragma once
+// CPU backend on Eigen, for float and double parameters.
+//
+// GEMM goes through Eigen's own blocked kernel (general_matrix_matrix_product) with packing
+// buffers the backend owns: Eigen's public product allocates those buffers on every call for
+// large matrices, and step() must not allocate once it has run once. Reductions accumulate in
+// double. Elementwise functors run as plain loops the compiler vectorises.
+//
+// This header also adapts Eigen matrices, Maps and Refs for registration (muon::tensor_adapter).
+#include <Eigen/Core>
+#include <Eigen/SVD>
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <span>
+#include <type_traits>
+
+#include "muon/backend/concept.hpp"
+#include "muon/core/config.hpp"
+#include "muon/core/error.hpp"
+#include "muon/core/tensor.hpp"
+
+namespace muon::backend {
+
+namespace eigen_detail {
+
+inline constexpr std::size_t k_alignment = 64;
+
+struct AlignedFree {
+  void operator()(void* p) const { ::operator delete(p, std::align_val_t{k_alignment}); }
+};
+
+// Packing buffers for Eigen's GEMM kernel, sized by Eigen's own blocking heuristic.
+template <class T>
+class GemmBlocking : public ::Eigen::internal::level3_blocking<T, T> {
+ public:
+  // Returns the number of elements of packing space the product m x n x k needs.
+  static std::size_t required_elements(index_t m, index_t n, index_t k) {
+    index_t kc = k, mc = m, nc = n;
+    ::Eigen::internal::computeProductBlockingSizes<T, T, 1>(kc, mc, nc, index_t{1});
+    // Two panels, each rounded up to a whole alignment unit.
+    const std::size_t unit = k_alignment / sizeof(T);
+    auto round_up = [unit](std::size_t x) { return (x + unit - 1) / unit * unit; };
+    return round_up(static_cast<std::size_t>(kc * mc)) + round_up(static_cast<std::size_t>(kc * nc));
+  }
+
+  void configure(index_t m, index_t n, index_t k, T* scratch) {
+    index_t kc = k, mc = m, nc = n;
+    ::Eigen::internal::computeProductBlockingSizes<T, T, 1>(kc, mc, nc, index_t{1});
+    const std::size_t unit = k_alignment / sizeof(T);
+    const std::size_t size_a = (static_cast<std::size_t>(kc * mc) + unit - 1) / unit * unit;
+    this->m_kc = kc;
+    this->m_mc = mc;
+    this->m_nc = nc;
+    this->m_blockA = scratch;
+    this->m_blockB = scratch + size_a;
+  }
+};
+
+template <int LhsOrder, int RhsOrder, class T>
+void gemm_kernel(index_t m, index_t n, index_t k, const T* lhs, index_t lhs_stride, const T* rhs,
+                 index_t rhs_stride, T* res, index_t res_stride, T alpha, GemmBlocking<T>& blocking) {
+  // Row-major result: Eigen's RowMajor specialisation transposes the problem internally, so the
+  // blocking is computed for (n, m, k).
+  ::Eigen::internal::general_matrix_matrix_product<::Eigen::Index, T, LhsOrder, false, T, RhsOrder, false,
+                                                 ::Eigen::RowMajor, 1>::run(m, n, k, lhs, lhs_stride, rhs,
+                                                                          rhs_stride, res, 1, res_stride,
+                                                                          alpha, blocking, nullptr);
+}
+
+}  // namespace eigen_detail
+
+template <class T>
+class Eigen {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "muon::backend::Eigen: value_type must be float or double");
+
+ public:
+  using value_type = T;
+  using accum_type = double;
+
+  // Owning, zero-initialised, 64-byte aligned storage.
+  template <class U>
+  class Buffer {
+   public:
+    Buffer() = default;
+    explicit Buffer(std::size_t n) : size_(n) {
+      if (n == 0) return;
+      void* p = ::operator new(n * sizeof(U), std::align_val_t{eigen_detail::k_alignment});
+      std::memset(p, 0, n * sizeof(U));
+      data_.reset(static_cast<U*>(p));
+    }
+    [[nodiscard]] U* data() { return data_.get(); }
+    [[nodiscard]] const U* data() const { return data_.get(); }
+    [[nodiscard]] std::size_t size() const { return size_; }
+
+   private:
+    std::unique_ptr<U, eigen_detail::AlignedFree> data_;
+    std::size_t size_ = 0;
+  };
+
+  Eigen() = default;
+  // A copy gets its own (empty) scratch: scratch is a cache, not state.
+  Eigen(const Eigen&) {}
+  Eigen& operator=(const Eigen&) { return *this; }
+  Eigen(Eigen&&) noexcept = default;
+  Eigen& operator=(Eigen&&) noexcept = default;
+
+  template <class U>
+  [[nodiscard]] Buffer<U> allocate(std::size_t n) {
+    return Buffer<U>(n);
+  }
+
+  // ---- GEMM ---------------------------------------------------------------------------------
+  void reserve_gemm(index_t m, index_t n, index_t k) {
+    const std::size_t need = eigen_detail::GemmBlocking<T>::required_elements(n, m, k);
+    if (need > scratch_.size()) scratch_ = Buffer<T>(need);
+  }
+
+  void gemm(Trans ta, Trans tb, T alpha, MatrixView<const T> a, MatrixView<const T> b, T beta,
+            MatrixView<T> c) {
+    const index_t m = c.rows, n = c.cols;
+    const index_t k = ta == Trans::no ? a.cols : a.rows;
+    assert((ta == Trans::no ? a.rows : a.cols) == m);
+    assert((tb == Trans::no ? b.rows : b.cols) == k);
+    assert((tb == Trans::no ? b.cols : b.rows) == n);
+    assert(a.batch == c.batch || a.batch == 1);
+    assert(b.batch == c.batch || b.batch == 1);
+    reserve_gemm(m, n, k);  // no-op once sized: registration plans the largest product
+    eigen_detail::GemmBlocking<T> blocking;
+    blocking.configure(n, m, k, scratch_.data());
+    for (index_t s = 0; s < c.batch; ++s) {
+      const T* pa = a.data + (a.batch == 1 ? 0 : s * a.slice_size());
+      const T* pb = b.data + (b.batch == 1 ? 0 : s * b.slice_size());
+      T* pc = c.data + s * c.slice_size();
+      scale_in_place(pc, m * n, beta);
+      if (k == 0 || alpha == T(0)) continue;
+      // A row-major matrix with Trans::yes is its transpose stored column-major; the stride is
+      // the stored row length either way.
+      if (ta == Trans::no && tb == Trans::no)
+        eigen_detail::gemm_kernel<::Eigen::RowMajor, ::Eigen::RowMajor>(m, n, k, pa, a.cols, pb, b.cols, pc, n, alpha, blocking);
+      else if (ta == Trans::no)
+        eigen_detail::gemm_kernel<::Eigen::RowMajor, ::Eigen::ColMajor>(m, n, k, pa, a.cols, pb, b.cols, pc, n, alpha, blocking);
+      else if (tb == Trans::no)
+        eigen_detail::gemm_kernel<::Eigen::ColMajor, ::Eigen::RowMajor>(m, n, k, pa, a.cols, pb, b.cols, pc, n, alpha, blocking);
+      else
+        eigen_detail::gemm_kernel<::Eigen::ColMajor, ::Eigen::ColMajor>(m, n, k, pa, a.cols, pb, b.cols, pc, n, alpha, blocking);
+    }
+  }
+
+  // ---- Elementwise --------------------------------------------------------------------------
+  template <class F, class... In>
+  void transform(MatrixView<T> out, F f, In... in) {
+    static_assert((std::is_convertible_v<In, MatrixView<const T>> && ...),
+                  "muon::backend::Eigen::transform: inputs must be matrix views of value_type");
+    assert(((MatrixView<const T>(in).size() == out.size()) && ...));
+    const index_t n = out.size();
+    T* o = out.data;
+    apply_loop(o, n, f, MatrixView<const T>(in).data...);
+  }
+
+  template <class F, class... In>
+  void transform_slices(MatrixView<T> out, F f, In... in) {
+    static_assert((std::is_convertible_v<In, MatrixView<const T>> && ...),
+                  "muon::backend::Eigen::transform_slices: inputs must be matrix views of value_type");
+    assert(((MatrixView<const T>(in).size() == out.size()) && ...));
+    const index_t len = out.slice_size();
+    for (index_t s = 0; s < out.batch; ++s) {
+      auto sliced = [f, s](auto... x) { return f(s, x...); };
+      apply_loop(out.data + s * len, len, sliced, (MatrixView<const T>(in).data + s * len)...);
+    }
+  }
+
+  // ---- Reductions (per slice, accumulated in double) ----------------------------------------
+  void frobenius_norms(MatrixView<const T> x, double* out) {
+    for (index_t s = 0; s < x.batch; ++s) {
+      const T* p = x.data + s * x.slice_size();
+      const index_t n = x.slice_size();
+      double sum = 0.0;
+      for (index_t i = 0; i < n; ++i) sum += static_cast<double>(p[i]) * static_cast<double>(p[i]);
+      double norm = std::sqrt(sum);
+      if (std::isinf(norm)) norm = scaled_norm(p, n);  // only doubles near DBL_MAX get here
+      out[s] = norm;
+    }
+  }
+
+  void dots(MatrixView<const T> x, MatrixView<const T> y, double* out) {
+    assert(x.size() == y.size());
+    for (index_t s = 0; s < x.batch; ++s) {
+      const T* p = x.data + s * x.slice_size();
+      const T* q = y.data + s * x.slice_size();
+      double sum = 0.0;
+      for (index_t i = 0; i < x.slice_size(); ++i) sum += static_cast<double>(p[i]) * static_cast<double>(q[i]);
+      out[s] = sum;
+    }
+  }
+
+  void max_abs(MatrixView<const T> x, double* out) {
+    for (index_t s = 0; s < x.batch; ++s) {
+      const T* p = x.data + s * x.slice_size();
+      double m = 0.0;
+      for (index_t i = 0; i < x.slice_size(); ++i) m = std::max(m, static_cast<double>(std::abs(p[i])));
+      out[s] = m;
+    }
+  }
+
+  void count_non_finite(MatrixView<const T> x, double* out) {
+    for (index_t s = 0; s < x.batch; ++s) {
+      const T* p = x.data + s * x.slice_size();
+      index_t bad = 0;
+      for (index_t i = 0; i < x.slice_size(); ++i) bad += std::isfinite(p[i]) ? 0 : 1;
+      out[s] = static_cast<double>(bad);
+    }
+  }
+
+  // ---- Host transfers -----------------------------------------------------------------------
+  void copy_to_host(MatrixView<const T> src, std::span<T> dst) {
+    assert(static_cast<index_t>(dst.size()) == src.size());
+    if (src.size() > 0) std::memcpy(dst.data(), src.data, static_cast<std::size_t>(src.size()) * sizeof(T));
+  }
+  void copy_from_host(std::span<const T> src, MatrixView<T> dst) {
+    assert(static_cast<index_t>(src.size()) == dst.size());
+    if (dst.size() > 0) std::memcpy(dst.data, src.data(), static_cast<std::size_t>(dst.size()) * sizeof(T));
+  }
+  void read(const double* src, std::span<double> dst) {
+    if (!dst.empty()) std::memcpy(dst.data(), src, dst.size() * sizeof(double));
+  }
+  void synchronize() {}  // everything ran when it was called
+
+  [[nodiscard]] std::size_t scratch_bytes() const { return scratch_.size() * sizeof(T); }
+
+  // ---- Capability beyond the concept: the exact polar factor (used by SvdPolar) ---------------
+  // U V^T of each slice via a thin SVD computed in double (zero singular values dropped). A
+  // reference path: it allocates.
+  void polar_factor(MatrixView<T> x) {
+    using MatD = ::Eigen::Matrix<double, ::Eigen::Dynamic, ::Eigen::Dynamic, ::Eigen::RowMajor>;
+    for (index_t s = 0; s < x.batch; ++s) {
+      ::Eigen::Map<::Eigen::Matrix<T, ::Eigen::Dynamic, ::Eigen::Dynamic, ::Eigen::RowMajor>> slice(
+          x.data + s * x.slice_size(), x.rows, x.cols);
+      MatD g = slice.template cast<double>();
+      ::Eigen::JacobiSVD<MatD> svd(g, ::Eigen::ComputeThinU | ::Eigen::ComputeThinV);
+      // msign semantics: directions with (numerically) zero singular value get 0, so a zero
+      // matrix maps to zero, not to an arbitrary orthogonal matrix.
+      const auto& sv = svd.singularValues();
+      const double tol = (sv.size() ? sv(0) : 0.0) * static_cast<double>(std::max(x.rows, x.cols)) *
+                         std::numeric_limits<double>::epsilon();
+      index_t r = 0;
+      while (r < sv.size() && sv(r) > tol) ++r;
+      slice = (svd.matrixU().leftCols(r) * svd.matrixV().leftCols(r).transpose()).template cast<T>();
+    }
+  }
+
+ private:
+  static void scale_in_place(T* p, index_t n, T beta) {
+    if (beta == T(1)) return;
+    if (beta == T(0)) {
+      std::fill(p, p + n, T(0));  // beta == 0 must clear NaN garbage too, as BLAS does
+      return;
+    }
+    for (index_t i = 0; i < n; ++i) p[i] *= beta;
+  }
+
+  template <class F, class... P>
+  static void apply_loop(T* out, index_t n, F f, const P*... in) {
+    for (index_t i = 0; i < n; ++i) out[i] = static_cast<T>(f(in[i]...));
+  }
+
+  static double scaled_norm(const T* p, index_t n) {
+    double scale = 0.0;
+    for (index_t i = 0; i < n; ++i) scale = std::max(scale, static_cast<double>(std::abs(p[i])));
+    if (scale == 0.0 || !std::isfinite(scale)) return scale;
+    double sum = 0.0;
+    for (index_t i = 0; i < n; ++i) {
+      const double r = static_cast<double>(p[i]) / scale;
+      sum += r * r;
+    }
+    return scale * std::sqrt(sum);
+  }
+
+  Buffer<T> scratch_;
+};
+
+static_assert(Backend<Eigen<float>>, "muon::backend::Eigen<float> must satisfy muon::backend::Backend");
+static_assert(Backend<Eigen<double>>, "muon::backend::Eigen<double> must satisfy muon::backend::Backend");
+
+}  // namespace muon::backend
+
+namespace muon {
+
+// Registration of Eigen dense objects (Matrix, Array, Map, Ref, ...): they must expose their
+// data directly and be contiguous (a Block of a larger matrix is not).
+template <class X>
+  requires std::is_base_of_v<::Eigen::DenseBase<X>, X> && ((X::Flags & ::Eigen::DirectAccessBit) != 0)
+struct tensor_adapter<X> {
+  template <class Y>
+  static auto ref(Y& x) {
+    using S = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(x.data())>>,
+                                 const typename X::Scalar, typename X::Scalar>;
+    const bool contiguous =
+        x.size() == 0 || (x.innerStride() == 1 && (x.outerStride() == x.innerSize() || x.outerSize() == 1));
+    if (!contiguous) detail::fail("Eigen tensor is not contiguous (inner stride 1, outer stride = inner size required)");
+    const Layout layout = (X::Flags & ::Eigen::RowMajorBit) ? Layout::row_major : Layout::col_major;
+    if constexpr (X::ColsAtCompileTime == 1 || X::RowsAtCompileTime == 1) {
+      // A vector type is 1-D, like a PyTorch bias or norm scale.
+      return TensorRef<S>{x.data(), Shape{static_cast<index_t>(x.size())}, Layout::row_major};
+    } else {
+      return TensorRef<S>{x.data(), Shape{static_cast<index_t>(x.rows()), static_cast<index_t>(x.cols())}, layout};
+    }
+  }
+};
+
+}  // namespace muon

@@ -1,0 +1,107 @@
+#pragma once
+// The five policy concepts. Each lists what a policy must provide; core/archetypes.hpp holds a
+// minimal model of each, the template for a user's own policy.
+//
+// Per-parameter policy state is a typed struct (State<B>) whose visit() names every buffer and
+// counter it holds: memory reports and checkpoints walk state through it.
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "muon/backend/concept.hpp"
+#include "muon/core/param.hpp"
+#include "muon/core/workspace.hpp"
+
+namespace muon {
+
+// What a Constraint sees of the parameter it acts on. `w` is the physical (row-major) storage;
+// when `transposed` is true it holds the transpose of the logical matrix (a column-major Eigen
+// matrix), so a constraint that acts on logical rows acts on physical columns.
+template <class T>
+struct MatrixParam {
+  backend::MatrixView<T> w;
+  bool transposed = false;
+  const ParamInfo* info = nullptr;
+};
+
+namespace detail {
+// Accepts anything a State::visit may hand over; used only to check that visit() exists.
+struct StateProbe {
+  template <class Buffer>
+  void operator()(std::string_view, Buffer&) const {}
+};
+}  // namespace detail
+
+template <class S>
+concept PolicyState = std::movable<S> && requires(S& s) { s.visit(detail::StateProbe{}); };
+
+// 1. GradientFilter: g <- filter(g), before either path. apply() returns the gradient to use:
+//    the input itself, or a view into the workspace it planned.
+template <class F, class B>
+concept GradientFilter =
+    backend::Backend<B> && PolicyState<typename F::template State<B>> &&
+    requires(F& f, const F& cf, B& b, const ParamInfo& info, typename F::template State<B>& s,
+             backend::MatrixView<const typename B::value_type> g, Workspace<B>& ws) {
+      typename F::Options;
+      { cf.options() } -> std::same_as<const typename F::Options&>;
+      { f.template make_state<B>(b, info) } -> std::same_as<typename F::template State<B>>;
+      { cf.plan(info) } -> std::same_as<WorkspaceNeed>;
+      { f.apply(b, s, g, ws) } -> std::same_as<backend::MatrixView<const typename B::value_type>>;
+    };
+
+// 2. Router: decides a parameter's path once, at registration, and says which rule decided.
+template <class R>
+concept Router = requires(const R& r, const ParamInfo& info) {
+  typename R::Options;
+  { r.options() } -> std::same_as<const typename R::Options&>;
+  { r.route(info) } -> std::same_as<Route>;
+};
+
+// 3. Orthogonalizer: x <- orth(x) in place, for every slice of a batch. plan() reports the
+//    workspace a batch x rows x cols input needs and may reserve backend scratch.
+template <class O, class B>
+concept Orthogonalizer =
+    backend::Backend<B> &&
+    requires(O& o, const O& co, B& b, backend::MatrixView<typename B::value_type> x, Workspace<B>& ws, index_t n) {
+      typename O::Options;
+      { co.options() } -> std::same_as<const typename O::Options&>;
+      { co.plan(b, n, n, n) } -> std::same_as<WorkspaceNeed>;
+      o.apply(b, x, ws);
+    };
+
+// 4. Constraint: owns the matrix path after momentum.
+//    direction(): turns the momentum update u (in workspace, physical layout) into the step
+//      direction in place; the unconstrained choice is orth(u).
+//    retract(): runs after W <- W (1 - lr wd) - lr_eff O, to bring W back to its constraint set.
+template <class C, class B, class O>
+concept Constraint =
+    backend::Backend<B> && Orthogonalizer<O, B> && PolicyState<typename C::template State<B>> &&
+    requires(C& c, const C& cc, B& b, const ParamInfo& info, typename C::template State<B>& s, O& orth,
+             MatrixParam<typename B::value_type> p, backend::MatrixView<typename B::value_type> u,
+             Workspace<B>& ws) {
+      typename C::Options;
+      { cc.options() } -> std::same_as<const typename C::Options&>;
+      { c.template make_state<B>(b, info) } -> std::same_as<typename C::template State<B>>;
+      { cc.plan(b, orth, info) } -> std::same_as<WorkspaceNeed>;
+      c.direction(b, s, orth, p, u, ws);
+      c.retract(b, s, p, ws);
+    };
+
+// 5. Fallback: the whole update of a parameter the router did not send to the matrix path.
+//    It owns its learning rate and weight decay (separate from the matrix path's).
+template <class F, class B>
+concept Fallback =
+    backend::Backend<B> && PolicyState<typename F::template State<B>> &&
+    requires(F& f, const F& cf, B& b, const ParamInfo& info, typename F::template State<B>& s,
+             backend::MatrixView<typename B::value_type> w, backend::MatrixView<const typename B::value_type> g,
+             double lr) {
+      typename F::Options;
+      { cf.options() } -> std::same_as<const typename F::Options&>;
+      { f.template make_state<B>(b, info) } -> std::same_as<typename F::template State<B>>;
+      f.apply(b, s, w, g);
+      { cf.lr() } -> std::convertible_to<double>;
+      f.set_lr(lr);
+    };
+
+}  // namespace muon

@@ -1,0 +1,473 @@
+#pragma once
+// The composition: muon::Optimizer<Backend, Filter, Router, Orthogonalizer, Constraint, Fallback>.
+//
+// step(), for every registered tensor:
+//   0. gradient check      count NaN/Inf per gradient (one host read of the flags per step)
+//   1. GradientFilter      g <- filter(g)
+//   2. Router              path chosen once, at registration (routing_report())
+//   matrix path:
+//   3. momentum            m <- lerp(m, g, 1 - beta);  u <- nesterov ? lerp(g, m, beta) : m
+//   4-5. Constraint        O <- direction(u)  (NoConstraint: the Orthogonalizer's orth(u))
+//   6. apply               W <- W (1 - lr wd) - lr_adj O;  then Constraint::retract(W)
+//   fallback path:
+//   3'. Fallback           W <- fallback(W, g)  (its own lr and weight decay)
+// This is torch.optim.Muon's step (momentum as an EMA, Nesterov as a lerp, decoupled weight
+// decay with the plain lr, lr_adj from the shape) with the other stages around it.
+//
+// Memory: one momentum buffer per matrix tensor, the fallback's state per other tensor, and one
+// workspace shared by all tensors, sized at the first step to the largest single need. After
+// the first step, step() allocates nothing.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "muon/backend/concept.hpp"
+#include "muon/core/concepts.hpp"
+#include "muon/core/error.hpp"
+#include "muon/core/functors.hpp"
+#include "muon/core/param.hpp"
+#include "muon/core/report.hpp"
+#include "muon/core/tensor.hpp"
+#include "muon/core/validate.hpp"
+#include "muon/core/workspace.hpp"
+
+namespace muon {
+
+// What step() does with a gradient that holds NaN or Inf.
+enum class NonFinitePolicy {
+  skip_parameter,  // leave that tensor and its state as they are; list it in StepResult::skipped
+  skip_step,       // leave every tensor as it is (mixed-precision loss-scale overflow style)
+  throw_error,     // throw muon::Error naming the tensor, before anything changes
+};
+
+// How the matrix path scales lr by the shape (rows, cols = the last two logical dimensions).
+enum class LrAdjust {
+  none,             // lr
+  original,         // lr * sqrt(max(1, rows / cols))      Keller Jordan; torch.optim.Muon default
+  match_rms_adamw,  // lr * 0.2 * sqrt(max(rows, cols))     Moonlight; update RMS matches AdamW's
+};
+
+[[nodiscard]] inline double adjusted_lr(double lr, LrAdjust adjust, index_t rows, index_t cols) {
+  switch (adjust) {
+    case LrAdjust::none: return lr;
+    case LrAdjust::original:
+      return lr * std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
+    case LrAdjust::match_rms_adamw: return lr * 0.2 * std::sqrt(static_cast<double>(std::max(rows, cols)));
+  }
+  return lr;
+}
+
+namespace detail {
+
+// W <- W (1 - lr wd) - lr_adj O, as torch's param.mul_(1 - lr wd).add_(O, alpha=-lr_adj).
+template <class T>
+struct ApplyUpdate {
+  T decay, step;
+  MUON_HOST_DEVICE T operator()(T w, T o) const { return w * decay - step * o; }
+};
+
+// Sums the bytes of every buffer a policy state holds.
+struct StateBytes {
+  std::size_t bytes = 0;
+  template <class Buffer>
+  void operator()(std::string_view, Buffer& b) {
+    if constexpr (requires { b.size(); *b.data(); }) bytes += b.size() * sizeof(*b.data());
+  }
+};
+
+template <class X>
+inline constexpr bool owns_storage_v = requires { typename std::remove_cvref_t<X>::PlainObject; } &&
+                                       requires(X& x) { x.resize(0, 0); };
+
+}  // namespace detail
+
+template <class B, class Filter, class RouterT, class Orth, class Constr, class Fb>
+class Optimizer {
+  static_assert(backend::Backend<B>,
+                "muon::Optimizer: the 1st template argument must satisfy muon::backend::Backend");
+  static_assert(GradientFilter<Filter, B>,
+                "muon::Optimizer: the 2nd template argument must satisfy muon::GradientFilter");
+  static_assert(Router<RouterT>, "muon::Optimizer: the 3rd template argument must satisfy muon::Router");
+  static_assert(Orthogonalizer<Orth, B>,
+                "muon::Optimizer: the 4th template argument must satisfy muon::Orthogonalizer");
+  static_assert(Constraint<Constr, B, Orth>,
+                "muon::Optimizer: the 5th template argument must satisfy muon::Constraint");
+  static_assert(Fallback<Fb, B>, "muon::Optimizer: the 6th template argument must satisfy muon::Fallback");
+
+ public:
+  using backend_type = B;
+  using value_type = typename B::value_type;
+  using filter_type = Filter;
+  using router_type = RouterT;
+  using orthogonalizer_type = Orth;
+  using constraint_type = Constr;
+  using fallback_type = Fb;
+
+  struct Options {
+    // Matrix path (defaults: Keller Jordan's Muon; torch.optim.Muon defaults to lr 1e-3, wd 0.1).
+    double lr = 0.02;
+    double momentum = 0.95;
+    bool nesterov = true;
+    double weight_decay = 0.0;
+    LrAdjust lr_adjust = LrAdjust::original;
+    NonFinitePolicy non_finite = NonFinitePolicy::skip_parameter;
+    // Policies.
+    typename Filter::Options filter{};
+    typename RouterT::Options router{};
+    typename Orth::Options orthogonalizer{};
+    typename Constr::Options constraint{};
+    typename Fb::Options fallback{};  // the fallback group's own lr and weight decay
+  };
+
+  explicit Optimizer(Options options = {}, B backend = B{})
+      : options_(validated(std::move(options))),
+        backend_(std::move(backend)),
+        filter_(options_.filter),
+        router_(options_.router),
+        orth_(options_.orthogonalizer),
+        constraint_(options_.constraint),
+        fallback_(options_.fallback) {}
+
+  // Registers a tensor and its gradient (both stay owned by the caller; the optimizer reads the
+  // gradient and writes the parameter at every step). Returns the tensor's id. Registering the
+  // same tensor again under another name (a tied embedding / output head) records an alias and
+  // returns the first id: the tensor is updated once per step.
+  template <TensorLike P, TensorLike G>
+  ParamId add(std::string name, P&& param, G&& grad, ParamOptions options = {}) {
+    static_assert(!(std::is_rvalue_reference_v<P&&> && detail::owns_storage_v<P>),
+                  "muon::Optimizer::add: the parameter is a temporary that owns its storage; pass an lvalue");
+    static_assert(!(std::is_rvalue_reference_v<G&&> && detail::owns_storage_v<G>),
+                  "muon::Optimizer::add: the gradient is a temporary that owns its storage; pass an lvalue");
+    static_assert(std::is_same_v<tensor_scalar_t<P>, value_type> && std::is_same_v<tensor_scalar_t<G>, value_type>,
+                  "muon::Optimizer::add: tensor scalar type must be the backend's value_type");
+    const auto p = as_tensor(param);
+    static_assert(!std::is_const_v<std::remove_pointer_t<decltype(p.data)>>,
+                  "muon::Optimizer::add: the parameter must be writable (not const)");
+    const auto g = as_tensor(grad);
+    return add_ref(std::move(name), TensorRef<value_type>{p.data, p.shape, p.layout},
+                   TensorRef<const value_type>{g.data, g.shape, g.layout}, options);
+  }
+
+  StepResult step() {
+    ensure_workspace();
+    check_gradients();  // may throw (throw_error): nothing has changed yet
+
+    const bool skip_all = options_.non_finite == NonFinitePolicy::skip_step && !skipped_.empty();
+    if (skip_all) {
+      skipped_.clear();
+      for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
+    }
+    if (!skip_all) {
+      for (auto& slot : matrix_slots_)
+        if (!bad_[slot.id]) step_matrix(slot);
+      for (auto& slot : fallback_slots_)
+        if (!bad_[slot.id]) step_fallback(slot);
+    }
+    ++steps_taken_;
+    return {steps_taken_, std::span<const ParamId>(skipped_)};
+  }
+
+  // ---- Reports ---------------------------------------------------------------------------------
+  [[nodiscard]] RoutingReport routing_report() const {
+    RoutingReport r;
+    r.entries.reserve(entries_.size());
+    for (const auto& e : entries_)
+      r.entries.push_back({e.info.name, e.aliases, e.info.shape, e.info.role, e.path, e.rule});
+    return r;
+  }
+
+  [[nodiscard]] MemoryReport memory_report() {
+    MemoryReport m;
+    for (auto& s : matrix_slots_) {
+      m.matrix_state_bytes += s.momentum.size() * sizeof(value_type) + bytes_of(s.constraint);
+      m.filter_state_bytes += bytes_of(s.filter);
+    }
+    for (auto& s : fallback_slots_) {
+      m.fallback_state_bytes += bytes_of(s.fallback);
+      m.filter_state_bytes += bytes_of(s.filter);
+    }
+    m.workspace_bytes = std::max(workspace_.bytes(), need_.values * sizeof(value_type) +
+                                                         need_.accums * sizeof(typename B::accum_type));
+    m.backend_scratch_bytes = backend_.scratch_bytes();
+    return m;
+  }
+
+  // ---- Hyperparameters -----------------------------------------------------------------------
+  [[nodiscard]] const Options& options() const { return options_; }
+  [[nodiscard]] double lr() const { return options_.lr; }
+  void set_lr(double lr) {
+    detail::require_non_negative("Optimizer", "lr", lr);
+    options_.lr = lr;
+  }
+  [[nodiscard]] double fallback_lr() const { return fallback_.lr(); }
+  void set_fallback_lr(double lr) { fallback_.set_lr(lr); }
+
+  // ---- Introspection ---------------------------------------------------------------------------
+  [[nodiscard]] std::size_t size() const { return entries_.size(); }
+  [[nodiscard]] const std::string& name(ParamId id) const { return entries_.at(id).info.name; }
+  [[nodiscard]] Path path(ParamId id) const { return entries_.at(id).path; }
+  [[nodiscard]] ParamId id(const std::string& name) const {
+    for (ParamId i = 0; i < entries_.size(); ++i) {
+      if (entries_[i].info.name == name) return i;
+      for (const auto& a : entries_[i].aliases)
+        if (a == name) return i;
+    }
+    detail::fail("no parameter named '" + name + "'");
+  }
+  [[nodiscard]] std::uint64_t steps_taken() const { return steps_taken_; }
+  [[nodiscard]] B& backend() { return backend_; }
+
+  // Every state buffer and counter, copied to the host, keyed "<parameter>/<state>". For tests,
+  // debugging and comparing runs; not for the training loop (it copies).
+  [[nodiscard]] std::map<std::string, std::vector<double>> state_snapshot() {
+    std::map<std::string, std::vector<double>> out;
+    auto visitor_for = [&](const std::string& prefix) {
+      return [&out, prefix, this](std::string_view key, auto& item) {
+        std::vector<double>& dst = out[prefix + "/" + std::string(key)];
+        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+          dst = {static_cast<double>(item)};
+        } else {
+          using U = std::remove_cvref_t<decltype(*item.data())>;
+          std::vector<U> host(item.size());
+          if constexpr (std::is_same_v<U, value_type>)
+            backend_.copy_to_host(backend::MatrixView<const U>{item.data(), 1, 1, static_cast<index_t>(item.size())}, host);
+          dst.assign(host.begin(), host.end());
+        }
+      };
+    };
+    for (auto& s : matrix_slots_) {
+      const std::string& n = entries_[s.id].info.name;
+      auto v = visitor_for(n);
+      v("momentum", s.momentum);
+      s.filter.visit(visitor_for(n + "/filter"));
+      s.constraint.visit(visitor_for(n + "/constraint"));
+    }
+    for (auto& s : fallback_slots_) {
+      const std::string& n = entries_[s.id].info.name;
+      s.filter.visit(visitor_for(n + "/filter"));
+      s.fallback.visit(visitor_for(n + "/fallback"));
+    }
+    return out;
+  }
+
+ private:
+  using T = value_type;
+  using Buffer = typename B::template Buffer<T>;
+
+  struct Entry {
+    ParamInfo info;
+    std::vector<std::string> aliases;
+    Path path = Path::fallback;
+    std::string rule;
+    const T* param_data = nullptr;
+    const T* grad_data = nullptr;
+  };
+
+  struct MatrixSlot {
+    ParamId id;
+    backend::MatrixView<T> w;        // physical, row-major
+    backend::MatrixView<const T> g;  // same layout as w
+    bool transposed;                 // w holds the logical matrix transposed
+    double lr_factor;                // adjusted_lr(1, ...) for the logical shape
+    Buffer momentum;
+    typename Filter::template State<B> filter;
+    typename Constr::template State<B> constraint;
+  };
+
+  struct FallbackSlot {
+    ParamId id;
+    backend::MatrixView<T> w;  // flat
+    backend::MatrixView<const T> g;
+    typename Filter::template State<B> filter;
+    typename Fb::template State<B> fallback;
+  };
+
+  static Options validated(Options o) {
+    detail::require_non_negative("Optimizer", "lr", o.lr);
+    detail::require_unit_interval("Optimizer", "momentum", o.momentum);
+    detail::require_non_negative("Optimizer", "weight_decay", o.weight_decay);
+    return o;
+  }
+
+  template <class S>
+  static std::size_t bytes_of(S& state) {
+    detail::StateBytes counter;
+    state.visit(counter);
+    return counter.bytes;
+  }
+
+  ParamId add_ref(std::string name, TensorRef<T> p, TensorRef<const T> g, const ParamOptions& options) {
+    // ---- every check first: a rejected registration changes nothing ----
+    if (name.empty()) detail::fail("a parameter needs a non-empty name");
+    for (const auto& e : entries_) {
+      if (e.info.name == name || std::find(e.aliases.begin(), e.aliases.end(), name) != e.aliases.end())
+        detail::fail_param(name, "a parameter with this name is already registered");
+    }
+    const index_t n = p.shape.numel();
+    for (std::size_t i = 0; i < p.shape.rank(); ++i)
+      if (p.shape[i] < 0) detail::fail_param(name, "negative dimension in shape " + p.shape.to_string());
+    if (n == 0) detail::fail_param(name, "empty tensor " + p.shape.to_string() + " (nothing to optimise)");
+    if (p.data == nullptr) detail::fail_param(name, "parameter data is null");
+    if (g.data == nullptr) detail::fail_param(name, "gradient data is null");
+    if (!(g.shape == p.shape))
+      detail::fail_param(name, "gradient shape " + g.shape.to_string() + " does not match parameter shape " +
+                                   p.shape.to_string());
+    if (p.shape.rank() == 2 && p.layout != g.layout && p.shape.rows() > 1 && p.shape.cols() > 1)
+      detail::fail_param(name, "gradient and parameter have different memory layouts (row- vs column-major)");
+    if (overlaps(p.data, n, g.data, n)) detail::fail_param(name, "gradient memory overlaps the parameter");
+
+    ParamInfo info{name, p.shape, options.role, options.path};
+    Route route = router_.route(info);
+    if (route.path == Path::matrix && (p.shape.rank() < 2 || p.shape.rank() > 3))
+      detail::fail_param(name, "the matrix path needs a rank-2 or rank-3 tensor, got shape " + p.shape.to_string());
+
+    for (ParamId i = 0; i < entries_.size(); ++i) {
+      Entry& e = entries_[i];
+      const index_t en = e.info.shape.numel();
+      if (e.param_data == p.data && e.info.shape == p.shape) {  // the same tensor again: tied
+        if (e.grad_data != g.data)
+          detail::fail_param(name, "is the same tensor as '" + e.info.name +
+                                       "' but was given a different gradient buffer; a tied tensor has one gradient");
+        if (e.path != route.path)
+          detail::fail_param(name, "is the same tensor as '" + e.info.name + "', which takes the " +
+                                       std::string(to_string(e.path)) + " path, but this registration routes to the " +
+                                       std::string(to_string(route.path)) + " path (" + route.rule +
+                                       "); tag both registrations alike");
+        e.aliases.push_back(std::move(name));
+        return i;
+      }
+      if (overlaps(e.param_data, en, p.data, n))
+        detail::fail_param(name, "parameter memory overlaps parameter '" + e.info.name + "'");
+    }
+
+    // ---- build everything new first, then commit with operations that cannot throw ----
+    const ParamId id = entries_.size();
+    WorkspaceNeed need;
+    need.add(filter_.plan(info));
+    auto flags = backend_.template allocate<typename B::accum_type>(entries_.size() + 1);
+    entries_.reserve(entries_.size() + 1);
+    flags_host_.reserve(entries_.size() + 1);
+    bad_.reserve(entries_.size() + 1);
+    skipped_.reserve(entries_.size() + 1);
+    if (route.path == Path::matrix) {
+      const bool transposed = p.shape.rank() == 2 && p.layout == Layout::col_major;
+      const index_t rows = p.shape.rows(), cols = p.shape.cols();
+      const index_t prow = transposed ? cols : rows, pcol = transposed ? rows : cols;
+      const index_t batch = p.shape.batch();
+      need.add_matrix(batch, prow, pcol);  // u
+      need.add(constraint_.plan(backend_, orth_, info));
+      matrix_slots_.reserve(matrix_slots_.size() + 1);
+      matrix_slots_.push_back(MatrixSlot{id,
+                                         {p.data, batch, prow, pcol},
+                                         {g.data, batch, prow, pcol},
+                                         transposed,
+                                         adjusted_lr(1.0, options_.lr_adjust, rows, cols),
+                                         backend_.template allocate<T>(static_cast<std::size_t>(n)),
+                                         filter_.template make_state<B>(backend_, info),
+                                         constraint_.template make_state<B>(backend_, info)});
+    } else {
+      fallback_slots_.reserve(fallback_slots_.size() + 1);
+      fallback_slots_.push_back(FallbackSlot{id,
+                                             {p.data, 1, 1, n},
+                                             {g.data, 1, 1, n},
+                                             filter_.template make_state<B>(backend_, info),
+                                             fallback_.template make_state<B>(backend_, info)});
+    }
+    // Nothing below throws (capacity reserved above).
+    need_.raise_to(need);
+    entries_.push_back(Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data});
+    flags_ = std::move(flags);
+    flags_host_.push_back(0.0);
+    bad_.push_back(0);
+    return id;
+  }
+
+  static bool overlaps(const T* a, index_t na, const T* b, index_t nb) {
+    const auto a0 = reinterpret_cast<std::uintptr_t>(a), b0 = reinterpret_cast<std::uintptr_t>(b);
+    const auto a1 = a0 + static_cast<std::uintptr_t>(na) * sizeof(T);
+    const auto b1 = b0 + static_cast<std::uintptr_t>(nb) * sizeof(T);
+    return a0 < b1 && b0 < a1;
+  }
+
+  void ensure_workspace() {
+    if (need_.values > planned_.values || need_.accums > planned_.accums) {
+      workspace_.allocate(backend_, need_);
+      planned_ = need_;
+    }
+  }
+
+  // Counts non-finite entries of every gradient on the backend and reads the per-tensor flags
+  // once. Fills bad_ and skipped_; under throw_error, throws before any state changes.
+  void check_gradients() {
+    skipped_.clear();
+    auto* flags = flags_.data();
+    for (const auto& s : matrix_slots_) backend_.count_non_finite(s.g.flat(), flags + s.id);
+    for (const auto& s : fallback_slots_) backend_.count_non_finite(s.g.flat(), flags + s.id);
+    backend_.read(flags, std::span<typename B::accum_type>(flags_host_));
+    for (ParamId i = 0; i < entries_.size(); ++i) {
+      bad_[i] = flags_host_[i] != 0;
+      if (bad_[i]) skipped_.push_back(i);
+    }
+    if (options_.non_finite == NonFinitePolicy::throw_error && !skipped_.empty()) {
+      const ParamId i = skipped_.front();
+      const auto count = static_cast<long long>(flags_host_[i]);
+      skipped_.clear();
+      detail::fail_param(entries_[i].info.name,
+                         "gradient has " + std::to_string(count) + " non-finite (NaN/Inf) values; nothing was updated");
+    }
+  }
+
+  void step_matrix(MatrixSlot& s) {
+    workspace_.reset();
+    const auto g = filter_.apply(backend_, s.filter, s.g, workspace_);
+    backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
+    const T beta = static_cast<T>(options_.momentum);
+    backend_.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
+    auto u = workspace_.take(s.w.batch, s.w.rows, s.w.cols);
+    if (options_.nesterov)
+      backend_.transform(u, fn::Lerp<T>{beta}, g, m);
+    else
+      backend_.transform(u, fn::Copy{}, m);
+    const MatrixParam<T> param{s.w, s.transposed, &entries_[s.id].info};
+    constraint_.direction(backend_, s.constraint, orth_, param, u, workspace_);
+    backend_.transform(s.w,
+                       detail::ApplyUpdate<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
+                                              static_cast<T>(options_.lr * s.lr_factor)},
+                       s.w, u);
+    constraint_.retract(backend_, s.constraint, param, workspace_);
+  }
+
+  void step_fallback(FallbackSlot& s) {
+    workspace_.reset();
+    const auto g = filter_.apply(backend_, s.filter, s.g, workspace_);
+    fallback_.apply(backend_, s.fallback, s.w, g);
+  }
+
+  Options options_;
+  B backend_;
+  Filter filter_;
+  RouterT router_;
+  Orth orth_;
+  Constr constraint_;
+  Fb fallback_;
+
+  std::vector<Entry> entries_;
+  std::vector<MatrixSlot> matrix_slots_;
+  std::vector<FallbackSlot> fallback_slots_;
+  Workspace<B> workspace_;
+  WorkspaceNeed need_{};     // the largest need of any one tensor
+  WorkspaceNeed planned_{};  // what workspace_ holds
+  typename B::template Buffer<typename B::accum_type> flags_{};
+  std::vector<typename B::accum_type> flags_host_;
+  std::vector<char> bad_;
+  std::vector<ParamId> skipped_;
+  std::uint64_t steps_taken_ = 0;
+};
+
+}  // namespace muon

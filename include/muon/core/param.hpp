@@ -1,0 +1,58 @@
+#pragma once
+// What the optimizer knows about a registered parameter: its name, logical shape, role tag and
+// the path the router chose.
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "muon/core/tensor.hpp"
+
+namespace muon {
+
+// What a tensor is for in the model. The router sends embeddings, output heads, norms and biases
+// to the fallback optimizer whatever their shape; `query` and `key` mark attention projections
+// for constraints that act on them.
+enum class Role { none, embedding, output_head, norm, bias, query, key };
+
+// The two ways a parameter is updated.
+enum class Path {
+  matrix,    // momentum, orthogonalisation, constraint
+  fallback,  // the composition's Fallback (AdamW, SGD, ...)
+};
+
+[[nodiscard]] constexpr std::string_view to_string(Role r) {
+  switch (r) {
+    case Role::none: return "none";
+    case Role::embedding: return "embedding";
+    case Role::output_head: return "output_head";
+    case Role::norm: return "norm";
+    case Role::bias: return "bias";
+    case Role::query: return "query";
+    case Role::key: return "key";
+  }
+  return "?";
+}
+
+[[nodiscard]] constexpr std::string_view to_string(Path p) { return p == Path::matrix ? "matrix" : "fallback"; }
+
+// Per-parameter options given at registration.
+struct ParamOptions {
+  Role role = Role::none;
+  std::optional<Path> path{};  // explicit override of the router's decision
+};
+
+struct ParamInfo {
+  std::string name;
+  Shape shape;  // logical, outermost first
+  Role role = Role::none;
+  std::optional<Path> path_override{};
+};
+
+// The router's verdict, with the rule that produced it (shown in the routing report).
+struct Route {
+  Path path = Path::fallback;
+  std::string rule;
+};
+
+}  // namespace muon

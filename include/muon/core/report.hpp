@@ -1,0 +1,112 @@
+#pragma once
+// What the optimizer tells its user: where every parameter goes (RoutingReport), what memory it
+// holds (MemoryReport) and what a step did (StepResult).
+#include <cstddef>
+#include <cstdint>
+#include <iomanip>
+#include <ostream>
+#include <span>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "muon/core/param.hpp"
+
+namespace muon {
+
+struct RoutingEntry {
+  std::string name;                  // first registered name
+  std::vector<std::string> aliases;  // further names of the same (tied) tensor
+  Shape shape;
+  Role role = Role::none;
+  Path path = Path::fallback;
+  std::string rule;
+};
+
+struct RoutingReport {
+  std::vector<RoutingEntry> entries;
+
+  [[nodiscard]] std::size_t count(Path p) const {
+    std::size_t n = 0;
+    for (const auto& e : entries) n += e.path == p;
+    return n;
+  }
+  [[nodiscard]] std::size_t elements(Path p) const {
+    std::size_t n = 0;
+    for (const auto& e : entries)
+      if (e.path == p) n += static_cast<std::size_t>(e.shape.numel());
+    return n;
+  }
+  // Share of all parameter elements that take the matrix path, in [0, 1].
+  [[nodiscard]] double matrix_share() const {
+    const double total = static_cast<double>(elements(Path::matrix) + elements(Path::fallback));
+    return total == 0 ? 0.0 : static_cast<double>(elements(Path::matrix)) / total;
+  }
+
+  [[nodiscard]] std::string to_string() const {
+    std::ostringstream os;
+    os << *this;
+    return os.str();
+  }
+
+  friend std::ostream& operator<<(std::ostream& os, const RoutingReport& r) {
+    std::size_t wn = 9, ws = 5, wr = 4;
+    auto display_name = [](const RoutingEntry& e) {
+      std::string n = e.name;
+      for (const auto& a : e.aliases) n += " = " + a;
+      return n;
+    };
+    for (const auto& e : r.entries) {
+      wn = std::max(wn, display_name(e).size());
+      ws = std::max(ws, e.shape.to_string().size());
+      wr = std::max(wr, std::string(muon::to_string(e.role)).size());
+    }
+    os << std::left << std::setw(static_cast<int>(wn)) << "parameter" << "  " << std::setw(static_cast<int>(ws))
+       << "shape" << "  " << std::setw(static_cast<int>(wr)) << "role" << "  " << std::setw(8) << "path"
+       << "  rule\n";
+    for (const auto& e : r.entries)
+      os << std::setw(static_cast<int>(wn)) << display_name(e) << "  " << std::setw(static_cast<int>(ws))
+         << e.shape.to_string() << "  " << std::setw(static_cast<int>(wr)) << muon::to_string(e.role) << "  "
+         << std::setw(8) << muon::to_string(e.path) << "  " << e.rule << "\n";
+    os << "matrix path: " << r.count(Path::matrix) << " tensors, " << r.elements(Path::matrix)
+       << " elements; fallback: " << r.count(Path::fallback) << " tensors, " << r.elements(Path::fallback)
+       << " elements; matrix share " << std::fixed << std::setprecision(1) << 100.0 * r.matrix_share()
+       << "%\n";
+    os.unsetf(std::ios::floatfield);
+    return os;
+  }
+};
+
+struct MemoryReport {
+  std::size_t matrix_state_bytes = 0;    // momentum buffers (+ constraint state)
+  std::size_t fallback_state_bytes = 0;  // fallback optimizer state
+  std::size_t filter_state_bytes = 0;    // gradient filter state
+  std::size_t workspace_bytes = 0;       // shared scratch (planned, or allocated once stepping)
+  std::size_t backend_scratch_bytes = 0; // e.g. GEMM packing buffers
+
+  [[nodiscard]] std::size_t state_bytes() const {
+    return matrix_state_bytes + fallback_state_bytes + filter_state_bytes;
+  }
+  [[nodiscard]] std::size_t total_bytes() const { return state_bytes() + workspace_bytes + backend_scratch_bytes; }
+
+  friend std::ostream& operator<<(std::ostream& os, const MemoryReport& m) {
+    os << "state " << m.state_bytes() << " B (matrix " << m.matrix_state_bytes << ", fallback "
+       << m.fallback_state_bytes << ", filter " << m.filter_state_bytes << "), workspace " << m.workspace_bytes
+       << " B, backend scratch " << m.backend_scratch_bytes << " B";
+    return os;
+  }
+};
+
+// Index of a registered tensor (the order of first registration).
+using ParamId = std::size_t;
+
+// What one step() did. `skipped` lists the parameters whose update was skipped because their
+// gradient held NaN or Inf (NonFinitePolicy::skip_parameter / skip_step); it views storage the
+// optimizer owns and stays valid until the next step().
+struct StepResult {
+  std::uint64_t step = 0;  // steps taken so far, this one included
+  std::span<const ParamId> skipped{};
+  [[nodiscard]] bool all_applied() const { return skipped.empty(); }
+};
+
+}  // namespace muon

@@ -1,0 +1,77 @@
+#pragma once
+// Scratch memory shared by every parameter. Policies say at registration how much they need
+// (plan); the optimizer allocates the largest need once, and during a step each policy carves
+// views out of it with take(), from the start again for every parameter. That keeps workspace
+// at a few copies of the largest matrix, whatever the number of parameters.
+#include <algorithm>
+#include <cassert>
+#include <cstddef>
+
+#include "muon/backend/concept.hpp"
+
+namespace muon {
+
+// How many elements of value_type and accum_type a piece of work needs.
+struct WorkspaceNeed {
+  std::size_t values = 0;
+  std::size_t accums = 0;
+
+  // Space for a batch x rows x cols view (rounded up so that every view stays 64-byte aligned).
+  static constexpr std::size_t rounded(std::size_t n) { return (n + 15) / 16 * 16; }
+  constexpr WorkspaceNeed& add_matrix(index_t batch, index_t rows, index_t cols) {
+    values += rounded(static_cast<std::size_t>(batch * rows * cols));
+    return *this;
+  }
+  constexpr WorkspaceNeed& add_accums(index_t n) {
+    accums += rounded(static_cast<std::size_t>(n));
+    return *this;
+  }
+  constexpr WorkspaceNeed& add(const WorkspaceNeed& other) {
+    values += other.values;
+    accums += other.accums;
+    return *this;
+  }
+  constexpr void raise_to(const WorkspaceNeed& other) {
+    values = std::max(values, other.values);
+    accums = std::max(accums, other.accums);
+  }
+};
+
+template <backend::Backend B>
+class Workspace {
+ public:
+  using T = typename B::value_type;
+  using A = typename B::accum_type;
+
+  void allocate(B& b, const WorkspaceNeed& need) {
+    if (need.values > values_.size()) values_ = b.template allocate<T>(need.values);
+    if (need.accums > accums_.size()) accums_ = b.template allocate<A>(need.accums);
+    reset();
+  }
+  void reset() { value_top_ = accum_top_ = 0; }
+
+  [[nodiscard]] backend::MatrixView<T> take(index_t batch, index_t rows, index_t cols) {
+    const std::size_t n = WorkspaceNeed::rounded(static_cast<std::size_t>(batch * rows * cols));
+    assert(value_top_ + n <= values_.size() && "muon: workspace plan too small (a policy under-reported)");
+    backend::MatrixView<T> v{values_.data() + value_top_, batch, rows, cols};
+    value_top_ += n;
+    return v;
+  }
+  [[nodiscard]] A* take_accums(index_t n) {
+    const std::size_t k = WorkspaceNeed::rounded(static_cast<std::size_t>(n));
+    assert(accum_top_ + k <= accums_.size() && "muon: workspace plan too small (a policy under-reported)");
+    A* p = accums_.data() + accum_top_;
+    accum_top_ += k;
+    return p;
+  }
+
+  [[nodiscard]] std::size_t bytes() const { return values_.size() * sizeof(T) + accums_.size() * sizeof(A); }
+
+ private:
+  typename B::template Buffer<T> values_{};
+  typename B::template Buffer<A> accums_{};
+  std::size_t value_top_ = 0;
+  std::size_t accum_top_ = 0;
+};
+
+}  // namespace muon

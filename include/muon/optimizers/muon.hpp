@@ -1,0 +1,26 @@
+#pragma once
+// Muon: momentum + Newton-Schulz orthogonalisation for matrices, AdamW for everything else
+// (embeddings, output heads, norms, biases, vectors, very skinny matrices).
+//   muon::Muon<muon::backend::Eigen<float>> opt({.lr = 0.02, .fallback = {.lr = 3e-4}});
+// Keller Jordan, "Muon: An optimizer for hidden layers in neural networks" (2024),
+// github.com/KellerJordan/Muon; the step is torch.optim.Muon's (see core/optimizer.hpp).
+#include "muon/core/optimizer.hpp"
+#include "muon/policy/constraint/none.hpp"
+#include "muon/policy/fallback/adamw.hpp"
+#include "muon/policy/fallback/sgd.hpp"
+#include "muon/policy/filter/none.hpp"
+#include "muon/policy/orthogonalizer/newton_schulz.hpp"
+#include "muon/policy/router/shape_role.hpp"
+
+namespace muon {
+
+template <class B>
+using Muon = Optimizer<B, policy::NoFilter, policy::ShapeRoleRouter, policy::NewtonSchulz, policy::NoConstraint,
+                       policy::AdamW>;
+
+// Muon with SGD for the fallback group (e.g. to reproduce SGD-based baselines).
+template <class B>
+using MuonSGD = Optimizer<B, policy::NoFilter, policy::ShapeRoleRouter, policy::NewtonSchulz, policy::NoConstraint,
+                          policy::SGD>;
+
+}  // namespace muon

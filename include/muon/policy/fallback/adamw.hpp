@@ -1,0 +1,106 @@
+#pragma once
+// AdamW, exactly torch.optim.AdamW (amsgrad = False, maximize = False):
+//   p <- p (1 - lr wd)
+//   m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2
+//   p <- p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+// with t counted per parameter from 1 (a skipped step does not advance it). Defaults are
+// torch's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.01.
+// Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019).
+#include <cmath>
+#include <cstdint>
+
+#include "muon/backend/concept.hpp"
+#include "muon/core/functors.hpp"
+#include "muon/core/param.hpp"
+#include "muon/core/validate.hpp"
+
+namespace muon::policy {
+
+class AdamW {
+ public:
+  struct Options {
+    double lr = 1e-3;
+    double beta1 = 0.9;
+    double beta2 = 0.999;
+    double eps = 1e-8;
+    double weight_decay = 0.01;
+  };
+
+  template <class B>
+  struct State {
+    typename B::template Buffer<typename B::value_type> exp_avg;
+    typename B::template Buffer<typename B::value_type> exp_avg_sq;
+    std::uint64_t step = 0;
+    template <class V>
+    void visit(V&& v) {
+      v("exp_avg", exp_avg);
+      v("exp_avg_sq", exp_avg_sq);
+      v("step", step);
+    }
+  };
+
+  AdamW() : AdamW(Options{}) {}
+  explicit AdamW(const Options& options) : options_(options) {
+    detail::require_non_negative("AdamW", "lr", options_.lr);
+    detail::require_unit_interval("AdamW", "beta1", options_.beta1);
+    detail::require_unit_interval("AdamW", "beta2", options_.beta2);
+    detail::require_positive("AdamW", "eps", options_.eps);
+    detail::require_non_negative("AdamW", "weight_decay", options_.weight_decay);
+  }
+
+  [[nodiscard]] const Options& options() const { return options_; }
+  [[nodiscard]] double lr() const { return options_.lr; }
+  void set_lr(double lr) {
+    detail::require_non_negative("AdamW", "lr", lr);
+    options_.lr = lr;
+  }
+
+  template <class B>
+  [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
+    const auto n = static_cast<std::size_t>(info.shape.numel());
+    return {b.template allocate<typename B::value_type>(n), b.template allocate<typename B::value_type>(n), 0};
+  }
+
+  template <class B>
+  void apply(B& b, State<B>& s, backend::MatrixView<typename B::value_type> w,
+             backend::MatrixView<const typename B::value_type> g) {
+    using T = typename B::value_type;
+    const std::uint64_t t = s.step + 1;
+    const double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(t));
+    const double bias2 = 1.0 - std::pow(options_.beta2, static_cast<double>(t));
+    const T beta2 = static_cast<T>(options_.beta2);
+    backend::MatrixView<T> m{s.exp_avg.data(), 1, 1, w.size()};
+    backend::MatrixView<T> v{s.exp_avg_sq.data(), 1, 1, w.size()};
+    const auto wf = w.flat();
+    const auto gf = g.flat();
+    // Same operation order as torch's single-tensor AdamW (m.lerp_, v.mul_.addcmul_, addcdiv_).
+    b.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.beta1)}, m, gf);
+    b.transform(v, EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, v, gf);
+    b.transform(wf,
+                Update<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
+                          static_cast<T>(options_.lr / bias1), static_cast<T>(std::sqrt(bias2)),
+                          static_cast<T>(options_.eps)},
+                wf, m, v);
+    s.step = t;
+  }
+
+ private:
+  // v <- beta v + (1 - beta) g g, torch's v.mul_(beta2).addcmul_(g, g, value=1 - beta2).
+  template <class T>
+  struct EmaSquare {
+    T beta, one_minus_beta;
+    MUON_HOST_DEVICE T operator()(T v, T g) const { return beta * v + one_minus_beta * g * g; }
+  };
+  // p <- p (1 - lr wd) - step_size m / (sqrt(v) / sqrt(bias2) + eps)
+  template <class T>
+  struct Update {
+    T decay, step_size, bias2_sqrt, eps;
+    MUON_HOST_DEVICE T operator()(T p, T m, T v) const {
+      return p * decay - step_size * (m / (std::sqrt(v) / bias2_sqrt + eps));
+    }
+  };
+
+  Options options_;
+};
+
+}  // namespace muon::policy

@@ -1,0 +1,67 @@
+#pragma once
+// Polar Express: Newton-Schulz with a per-iteration schedule of quintic coefficients chosen by
+// minimax optimisation (Amsel, Persson, Musco, Gower 2025, arXiv:2505.16932, Algorithm 1;
+// github.com/NoahAmsel/PolarExpress). Unlike the fixed (3.4445, -4.775, 2.0315) iteration it
+// converges to the polar factor.
+//
+// For stability the first seven coefficient triples are divided by (safety, safety^3, safety^5)
+// and the input is normalised by ||X|| * 1.01 + eps. From the eighth step on, the last triple
+// (1.875, -1.25, 0.375) repeats. Defaults: 5 steps, safety 1.01, norm_scale 1.01, eps 1e-7.
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "muon/core/error.hpp"
+#include "muon/policy/orthogonalizer/newton_schulz.hpp"
+
+namespace muon::policy {
+
+// The published degree-5 schedule, before the safety factor.
+inline constexpr std::array<QuinticCoefficients, 8> k_polar_express_raw{{
+    {8.28721201814563, -23.595886519098837, 17.300387312530933},
+    {4.107059111542203, -2.9478499167379106, 0.5448431082926601},
+    {3.9486908534822946, -2.908902115962949, 0.5518191394370137},
+    {3.3184196573706015, -2.488488024314874, 0.51004894012372},
+    {2.300652019954817, -1.6689039845747493, 0.4188073119525673},
+    {1.891301407787398, -1.2679958271945868, 0.37680408948524835},
+    {1.8750014808534479, -1.2500016453999487, 0.3750001645474248},
+    {1.875, -1.25, 0.375},
+}};
+
+// The schedule for `steps` iterations with the safety factor applied.
+[[nodiscard]] inline std::vector<QuinticCoefficients> polar_express_schedule(int steps, double safety = 1.01) {
+  if (steps < 0) detail::fail("polar_express_schedule: steps must be >= 0");
+  if (!(safety >= 1.0) || !std::isfinite(safety)) detail::fail("polar_express_schedule: safety must be finite and >= 1");
+  std::vector<QuinticCoefficients> out;
+  out.reserve(static_cast<std::size_t>(steps));
+  for (int k = 0; k < steps; ++k) {
+    const auto raw = k_polar_express_raw[static_cast<std::size_t>(std::min(k, 7))];
+    if (k < 7)
+      out.push_back({raw.a / safety, raw.b / std::pow(safety, 3), raw.c / std::pow(safety, 5)});
+    else
+      out.push_back(raw);
+  }
+  return out;
+}
+
+// NewtonSchulz options that run Polar Express.
+[[nodiscard]] inline NewtonSchulz::Options polar_express_options(int steps = 5, double safety = 1.01) {
+  NewtonSchulz::Options o;
+  o.steps = steps;
+  o.schedule = polar_express_schedule(steps, safety);
+  o.norm_scale = 1.01;
+  o.eps = 1e-7;
+  o.eps_mode = EpsMode::add;
+  return o;
+}
+
+// An Orthogonalizer whose defaults are Polar Express (a distinct type, so it can be named as a
+// composition's template argument).
+class PolarExpress : public NewtonSchulz {
+ public:
+  using Options = NewtonSchulz::Options;
+  PolarExpress() : NewtonSchulz(polar_express_options()) {}
+  explicit PolarExpress(Options options) : NewtonSchulz(std::move(options)) {}
+};
+
+}  // namespace muon::policy
