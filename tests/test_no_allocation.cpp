@@ -1,0 +1,100 @@
+// After the first step, step() allocates nothing: not through operator new (our buffers, std
+// containers) and not through Eigen's internal malloc (its GEMM packing buffers, which the
+// Eigen backend replaces with its own). Built as its own executable because it replaces the
+// global operator new.
+#define EIGEN_RUNTIME_NO_MALLOC
+#if defined(__GNUC__) && !defined(__clang__)
+// The replacement operator delete below frees what the replacement operator new malloc'ed;
+// GCC cannot see that pairing.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+// Eigen reports a forbidden malloc through eigen_assert; count instead of aborting so the test
+// can say how many happened.
+inline std::atomic<long> g_eigen_mallocs{0};
+#define eigen_assert(x)                   \
+  do {                                    \
+    if (!(x)) g_eigen_mallocs.fetch_add(1); \
+  } while (false)
+
+#define CATCH_CONFIG_MAIN
+#include <catch2/catch.hpp>
+
+#include <muon/backend/eigen.hpp>
+#include <muon/muon.hpp>
+
+namespace {
+std::atomic<long> g_news{0};
+std::atomic<bool> g_counting{false};
+void* counted(std::size_t n, std::size_t align) {
+  if (g_counting.load()) g_news.fetch_add(1);
+  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align)
+                                              : std::malloc(n ? n : 1);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+}  // namespace
+
+void* operator new(std::size_t n) { return counted(n, 0); }
+void* operator new[](std::size_t n) { return counted(n, 0); }
+void* operator new(std::size_t n, std::align_val_t a) { return counted(n, static_cast<std::size_t>(a)); }
+void* operator new[](std::size_t n, std::align_val_t a) { return counted(n, static_cast<std::size_t>(a)); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+template <class Opt>
+void check_steps_allocate_nothing(Opt& opt) {
+  opt.step();  // the first step may allocate (workspace)
+  g_news = 0;
+  g_eigen_mallocs = 0;
+  g_counting = true;
+  Eigen::internal::set_is_malloc_allowed(false);
+  for (int i = 0; i < 3; ++i) opt.step();
+  Eigen::internal::set_is_malloc_allowed(true);
+  g_counting = false;
+  CHECK(g_news.load() == 0);
+  CHECK(g_eigen_mallocs.load() == 0);
+}
+
+TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation]", float, double) {
+  using T = TestType;
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+  // Large enough that Eigen's own product would heap-allocate its packing buffers.
+  Mat w1 = Mat::Random(384, 256), g1 = Mat::Random(384, 256);
+  Mat w2 = Mat::Random(128, 512), g2 = Mat::Random(128, 512);
+  std::vector<T> experts(4 * 64 * 96), gexperts(experts.size(), T(0.5));
+  Vec b = Vec::Random(384), gb = Vec::Random(384);
+  Mat emb = Mat::Random(1000, 64), gemb = Mat::Random(1000, 64);
+
+  SECTION("Muon + AdamW, with skipped (NaN) parameters") {
+    muon::Muon<muon::backend::Eigen<T>> opt;
+    opt.add("w1", w1, g1);
+    opt.add("w2", w2, g2);
+    opt.add("experts", muon::raw(experts.data(), {4, 64, 96}), muon::raw(gexperts.data(), {4, 64, 96}));
+    opt.add("b", b, gb, {.role = muon::Role::bias});
+    opt.add("emb", emb, gemb, {.role = muon::Role::embedding});
+    opt.add("head", emb, gemb, {.role = muon::Role::output_head});  // tied
+    check_steps_allocate_nothing(opt);
+    gb(0) = std::numeric_limits<T>::quiet_NaN();
+    check_steps_allocate_nothing(opt);
+  }
+  SECTION("Polar Express, SGD with momentum") {
+    muon::Optimizer<muon::backend::Eigen<T>, muon::policy::NoFilter, muon::policy::ShapeRoleRouter,
+                    muon::policy::PolarExpress, muon::policy::NoConstraint, muon::policy::SGD>
+        opt({.orthogonalizer = muon::policy::polar_express_options(8), .fallback = {.momentum = 0.9, .nesterov = true}});
+    opt.add("w1", w1, g1);
+    opt.add("w2", w2, g2);
+    opt.add("b", b, gb, {.role = muon::Role::bias});
+    check_steps_allocate_nothing(opt);
+  }
+}
