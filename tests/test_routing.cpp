@@ -100,8 +100,11 @@ TEST_CASE("tensor adapters: Eigen Matrix, Map, Ref, row-major, raw views", "[reg
   opt.add("map", map, gmap);
   opt.add("ref", ref, gref);
   opt.add("stack", muon::raw(stack.data(), {3, 6, 10}), muon::raw(static_cast<const float*>(gstack.data()), {3, 6, 10}));
+  // A temporary view (Map) is fine to pass: it does not own the elements.
+  std::vector<float> buf2(6 * 10), gbuf2(6 * 10);
+  opt.add("temporary_map", Eigen::Map<Mat>(buf2.data(), 6, 10), Eigen::Map<const Mat>(gbuf2.data(), 6, 10));
   const auto report = opt.routing_report();
-  CHECK(report.count(muon::Path::matrix) == 4);
+  CHECK(report.count(muon::Path::matrix) == 5);
   CHECK(report.entries[3].shape == muon::Shape{3, 6, 10});
   CHECK(report.entries[3].rule == "rank 3 (per-slice matrices)");
   CHECK(opt.step().all_applied());

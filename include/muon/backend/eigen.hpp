@@ -297,6 +297,9 @@ namespace muon {
 template <class X>
   requires std::is_base_of_v<::Eigen::DenseBase<X>, X> && ((X::Flags & ::Eigen::DirectAccessBit) != 0)
 struct tensor_adapter<X> {
+  // Matrix / Array own their elements (a temporary would dangle); Map / Ref do not.
+  static constexpr bool owns_storage = std::is_base_of_v<::Eigen::PlainObjectBase<X>, X>;
+
   template <class Y>
   static auto ref(Y& x) {
     using S = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(x.data())>>,

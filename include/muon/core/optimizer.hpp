@@ -81,9 +81,15 @@ struct StateBytes {
   }
 };
 
+// Whether a tensor type owns its elements (so that a temporary of it would dangle once
+// registered). Adapters say so with `static constexpr bool owns_storage`; views need not.
 template <class X>
-inline constexpr bool owns_storage_v = requires { typename std::remove_cvref_t<X>::PlainObject; } &&
-                                       requires(X& x) { x.resize(0, 0); };
+inline constexpr bool owns_storage_v = [] {
+  if constexpr (requires { tensor_adapter<std::remove_cvref_t<X>>::owns_storage; })
+    return static_cast<bool>(tensor_adapter<std::remove_cvref_t<X>>::owns_storage);
+  else
+    return false;
+}();
 
 }  // namespace detail
 
@@ -267,6 +273,7 @@ class Optimizer {
     std::string rule;
     const T* param_data = nullptr;
     const T* grad_data = nullptr;
+    Layout layout = Layout::row_major;
   };
 
   struct MatrixSlot {
@@ -330,7 +337,7 @@ class Optimizer {
     for (ParamId i = 0; i < entries_.size(); ++i) {
       Entry& e = entries_[i];
       const index_t en = e.info.shape.numel();
-      if (e.param_data == p.data && e.info.shape == p.shape) {  // the same tensor again: tied
+      if (e.param_data == p.data && e.info.shape == p.shape && e.layout == p.layout) {  // the same tensor: tied
         if (e.grad_data != g.data)
           detail::fail_param(name, "is the same tensor as '" + e.info.name +
                                        "' but was given a different gradient buffer; a tied tensor has one gradient");
@@ -381,7 +388,7 @@ class Optimizer {
     }
     // Nothing below throws (capacity reserved above).
     need_.raise_to(need);
-    entries_.push_back(Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data});
+    entries_.push_back(Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data, p.layout});
     flags_ = std::move(flags);
     flags_host_.push_back(0.0);
     bad_.push_back(0);
