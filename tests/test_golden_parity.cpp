@@ -90,7 +90,7 @@ TEMPLATE_TEST_CASE("Polar Express matches its golden cases", "[golden][orthogona
       CHECK(ours[k].b == Approx(ref[k][1].get<double>()).epsilon(1e-15));
       CHECK(ours[k].c == Approx(ref[k][2].get<double>()).epsilon(1e-15));
     }
-    muon::policy::PolarExpress pe(muon::policy::polar_express_options(steps));
+    muon::policy::PolarExpress pe({.steps = steps});
     const double err = run_transform<TestType>(c, pe);
     INFO(name << ": max abs error " << err);
     CHECK(err <= muon::test::Tolerance<TestType>::golden(c.suggested_atol));

@@ -91,7 +91,7 @@ TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation
   SECTION("Polar Express, SGD with momentum") {
     muon::Optimizer<muon::backend::Eigen<T>, muon::policy::NoFilter, muon::policy::ShapeRoleRouter,
                     muon::policy::PolarExpress, muon::policy::NoConstraint, muon::policy::SGD>
-        opt({.orthogonalizer = muon::policy::polar_express_options(8), .fallback = {.momentum = 0.9, .nesterov = true}});
+        opt({.orthogonalizer = {.steps = 8}, .fallback = {.momentum = 0.9, .nesterov = true}});
     opt.add("w1", w1, g1);
     opt.add("w2", w2, g2);
     opt.add("b", b, gb, {.role = muon::Role::bias});

@@ -67,7 +67,7 @@ TEMPLATE_TEST_CASE("NS5 puts singular values in its band", "[orthogonalizer][pro
 }
 
 TEST_CASE("Polar Express in double converges to the SVD polar factor", "[orthogonalizer][properties]") {
-  muon::policy::PolarExpress pe(muon::policy::polar_express_options(10));
+  muon::policy::PolarExpress pe({.steps = 10});
   muon::policy::SvdPolar svd;
   for (auto [m, n] : {std::pair{64, 64}, std::pair{40, 96}, std::pair{96, 40}}) {
     const MatD g = with_spectrum(m, n, 100.0, 11);

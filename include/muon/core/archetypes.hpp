@@ -52,6 +52,8 @@ struct EmptyState {
 
 struct GradientFilter {
   struct Options {};
+  GradientFilter() = default;
+  explicit GradientFilter(const Options& o) : options_(o) {}
   template <class B>
   using State = EmptyState<B>;
   [[nodiscard]] const Options& options() const { return options_; }
@@ -71,6 +73,8 @@ static_assert(muon::GradientFilter<GradientFilter, Backend>, "muon::archetype::G
 
 struct Router {
   struct Options {};
+  Router() = default;
+  explicit Router(const Options& o) : options_(o) {}
   [[nodiscard]] const Options& options() const { return options_; }
   [[nodiscard]] Route route(const ParamInfo&) const { return {Path::fallback, "archetype"}; }
   Options options_{};
@@ -79,6 +83,8 @@ static_assert(muon::Router<Router>, "muon::archetype::Router must satisfy muon::
 
 struct Orthogonalizer {
   struct Options {};
+  Orthogonalizer() = default;
+  explicit Orthogonalizer(const Options& o) : options_(o) {}
   [[nodiscard]] const Options& options() const { return options_; }
   template <class B>
   [[nodiscard]] WorkspaceNeed plan(B&, index_t, index_t, index_t) const {
@@ -92,6 +98,8 @@ static_assert(muon::Orthogonalizer<Orthogonalizer, Backend>, "muon::archetype::O
 
 struct Constraint {
   struct Options {};
+  Constraint() = default;
+  explicit Constraint(const Options& o) : options_(o) {}
   template <class B>
   using State = EmptyState<B>;
   [[nodiscard]] const Options& options() const { return options_; }
@@ -116,6 +124,8 @@ struct Fallback {
   struct Options {
     double lr = 0;
   };
+  Fallback() = default;
+  explicit Fallback(const Options& o) : options_(o) {}
   template <class B>
   using State = EmptyState<B>;
   [[nodiscard]] const Options& options() const { return options_; }

@@ -33,6 +33,10 @@ struct StateProbe {
 };
 }  // namespace detail
 
+// Every policy is built from its Options (the composition does that from its own Options).
+template <class P>
+concept ConstructibleFromOptions = std::constructible_from<P, const typename P::Options&>;
+
 template <class S>
 concept PolicyState = std::movable<S> && requires(S& s) { s.visit(detail::StateProbe{}); };
 
@@ -40,7 +44,7 @@ concept PolicyState = std::movable<S> && requires(S& s) { s.visit(detail::StateP
 //    the input itself, or a view into the workspace it planned.
 template <class F, class B>
 concept GradientFilter =
-    backend::Backend<B> && PolicyState<typename F::template State<B>> &&
+    backend::Backend<B> && ConstructibleFromOptions<F> && PolicyState<typename F::template State<B>> &&
     requires(F& f, const F& cf, B& b, const ParamInfo& info, typename F::template State<B>& s,
              backend::MatrixView<const typename B::value_type> g, Workspace<B>& ws) {
       typename F::Options;
@@ -52,7 +56,7 @@ concept GradientFilter =
 
 // 2. Router: decides a parameter's path once, at registration, and says which rule decided.
 template <class R>
-concept Router = requires(const R& r, const ParamInfo& info) {
+concept Router = ConstructibleFromOptions<R> && requires(const R& r, const ParamInfo& info) {
   typename R::Options;
   { r.options() } -> std::same_as<const typename R::Options&>;
   { r.route(info) } -> std::same_as<Route>;
@@ -62,7 +66,7 @@ concept Router = requires(const R& r, const ParamInfo& info) {
 //    workspace a batch x rows x cols input needs and may reserve backend scratch.
 template <class O, class B>
 concept Orthogonalizer =
-    backend::Backend<B> &&
+    backend::Backend<B> && ConstructibleFromOptions<O> &&
     requires(O& o, const O& co, B& b, backend::MatrixView<typename B::value_type> x, Workspace<B>& ws, index_t n) {
       typename O::Options;
       { co.options() } -> std::same_as<const typename O::Options&>;
@@ -76,7 +80,7 @@ concept Orthogonalizer =
 //    retract(): runs after W <- W (1 - lr wd) - lr_eff O, to bring W back to its constraint set.
 template <class C, class B, class O>
 concept Constraint =
-    backend::Backend<B> && Orthogonalizer<O, B> && PolicyState<typename C::template State<B>> &&
+    backend::Backend<B> && Orthogonalizer<O, B> && ConstructibleFromOptions<C> && PolicyState<typename C::template State<B>> &&
     requires(C& c, const C& cc, B& b, const ParamInfo& info, typename C::template State<B>& s, O& orth,
              MatrixParam<typename B::value_type> p, backend::MatrixView<typename B::value_type> u,
              Workspace<B>& ws) {
@@ -92,7 +96,7 @@ concept Constraint =
 //    It owns its learning rate and weight decay (separate from the matrix path's).
 template <class F, class B>
 concept Fallback =
-    backend::Backend<B> && PolicyState<typename F::template State<B>> &&
+    backend::Backend<B> && ConstructibleFromOptions<F> && PolicyState<typename F::template State<B>> &&
     requires(F& f, const F& cf, B& b, const ParamInfo& info, typename F::template State<B>& s,
              backend::MatrixView<typename B::value_type> w, backend::MatrixView<const typename B::value_type> g,
              double lr) {

@@ -68,8 +68,9 @@ struct RoutingReport {
       os << std::setw(static_cast<int>(wn)) << display_name(e) << "  " << std::setw(static_cast<int>(ws))
          << e.shape.to_string() << "  " << std::setw(static_cast<int>(wr)) << muon::to_string(e.role) << "  "
          << std::setw(8) << muon::to_string(e.path) << "  " << e.rule << "\n";
-    os << "matrix path: " << r.count(Path::matrix) << " tensors, " << r.elements(Path::matrix)
-       << " elements; fallback: " << r.count(Path::fallback) << " tensors, " << r.elements(Path::fallback)
+    auto tensors = [](std::size_t n) { return std::to_string(n) + (n == 1 ? " tensor, " : " tensors, "); };
+    os << "matrix path: " << tensors(r.count(Path::matrix)) << r.elements(Path::matrix)
+       << " elements; fallback: " << tensors(r.count(Path::fallback)) << r.elements(Path::fallback)
        << " elements; matrix share " << std::fixed << std::setprecision(1) << 100.0 * r.matrix_share()
        << "%\n";
     os.unsetf(std::ios::floatfield);

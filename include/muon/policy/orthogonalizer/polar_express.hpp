@@ -55,13 +55,36 @@ inline constexpr std::array<QuinticCoefficients, 8> k_polar_express_raw{{
   return o;
 }
 
-// An Orthogonalizer whose defaults are Polar Express (a distinct type, so it can be named as a
-// composition's template argument).
+// The Polar Express orthogonalizer: NewtonSchulz driven by the schedule above. Its Options are
+// its own (steps and safety; the schedule follows from them), so naming PolarExpress in a
+// composition runs Polar Express by default.
 class PolarExpress : public NewtonSchulz {
  public:
-  using Options = NewtonSchulz::Options;
-  PolarExpress() : NewtonSchulz(polar_express_options()) {}
-  explicit PolarExpress(Options options) : NewtonSchulz(std::move(options)) {}
+  struct Options {
+    int steps = 5;
+    double safety = 1.01;      // divides the first seven coefficient triples
+    double norm_scale = 1.01;  // X / (||X|| * norm_scale + eps)
+    double eps = 1e-7;
+    EpsMode eps_mode = EpsMode::add;
+  };
+
+  PolarExpress() : PolarExpress(Options{}) {}
+  explicit PolarExpress(const Options& options) : NewtonSchulz(to_newton_schulz(options)), options_(options) {}
+
+  [[nodiscard]] const Options& options() const { return options_; }
+
+ private:
+  static NewtonSchulz::Options to_newton_schulz(const Options& o) {
+    NewtonSchulz::Options ns;
+    ns.steps = o.steps;
+    ns.schedule = polar_express_schedule(o.steps, o.safety);
+    ns.norm_scale = o.norm_scale;
+    ns.eps = o.eps;
+    ns.eps_mode = o.eps_mode;
+    return ns;
+  }
+
+  Options options_;
 };
 
 }  // namespace muon::policy
