@@ -124,3 +124,22 @@ TEMPLATE_TEST_CASE("the zero matrix orthogonalises to zero", "[orthogonalizer][p
   CHECK(orthogonalize<T>(pe, zero).isZero(0));
   CHECK(orthogonalize<T>(svd, zero).isZero(0));
 }
+
+TEST_CASE("naming PolarExpress in a composition runs Polar Express by default", "[orthogonalizer][composition]") {
+  using B = muon::backend::Eigen<double>;
+  using PolarMuon = muon::Optimizer<B, muon::policy::NoFilter, muon::policy::ShapeRoleRouter, muon::policy::PolarExpress,
+                                    muon::policy::NoConstraint, muon::policy::AdamW>;
+  const MatD g = with_spectrum(16, 24, 10.0, 21);
+  MatD w1 = MatD::Zero(16, 24), w2 = w1, w3 = w1;
+  PolarMuon polar;
+  muon::Muon<B> via_options({.orthogonalizer = muon::policy::polar_express_options()});
+  muon::Muon<B> plain;
+  polar.add("w", w1, g);
+  via_options.add("w", w2, g);
+  plain.add("w", w3, g);
+  polar.step();
+  via_options.step();
+  plain.step();
+  CHECK(w1 == w2);
+  CHECK((w1 - w3).cwiseAbs().maxCoeff() > 1e-3);
+}
