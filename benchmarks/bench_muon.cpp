@@ -21,6 +21,7 @@
 //   The last two report GFLOPS as the equivalent full GEMM's flops per second, so they compare
 //   directly with gemm/f32/NT/NxNxM and gemm/f32/NN/NxNxN: that ratio is what a symmetric A = X X^T
 //   or a symmetric A A would buy in NewtonSchulz.
+//   eigen_product/f32/..     Eigen's own C.noalias() = A * B (or A * B^T), the reference for gemm/
 #include <benchmark/benchmark.h>
 
 #include <muon/muon.hpp>
@@ -498,6 +499,35 @@ void bm_sym_square(benchmark::State& st, index_t n) {
   meter.report_wall(st);
 }
 
+// Eigen's public product on row-major matrices (it allocates its packing buffers per call): a
+// reference for what the backend gets out of the same kernel.
+template <class T>
+void bm_eigen_product(benchmark::State& st, GemmShape shape) {
+  const auto a_values = random_values<T>(static_cast<std::size_t>(shape.m * shape.k), 1);
+  const auto b_values = random_values<T>(static_cast<std::size_t>(shape.k * shape.n), 2);
+  const RowMatrix<T> a = ::Eigen::Map<const RowMatrix<T>>(a_values.data(), shape.m, shape.k);
+  const RowMatrix<T> b = shape.tb == Trans::no ? RowMatrix<T>(::Eigen::Map<const RowMatrix<T>>(b_values.data(), shape.k, shape.n))
+                                               : RowMatrix<T>(::Eigen::Map<const RowMatrix<T>>(b_values.data(), shape.n, shape.k));
+  RowMatrix<T> c(shape.m, shape.n);
+  auto run = [&] {
+    if (shape.tb == Trans::no)
+      c.noalias() = a * b;
+    else
+      c.noalias() = a * b.transpose();
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  };
+  run();
+  Meter meter;
+  for (auto _ : st) {
+    meter.start();
+    run();
+    st.SetIterationTime(meter.stop());
+  }
+  st.counters["GFLOPS"] = shape.flops() * static_cast<double>(st.iterations()) / meter.cpu() * 1e-9;
+  meter.report_wall(st);
+}
+
 // ---- Registration and context ------------------------------------------------------------------
 
 benchmark::internal::Benchmark* timed(benchmark::internal::Benchmark* b) {
@@ -532,6 +562,9 @@ void register_all_benchmarks() {
     timed(benchmark::RegisterBenchmark(("syrk/f32/" + dims(n, m)).c_str(), bm_syrk<float>, n, m));
   for (index_t n : {512, 1024})
     timed(benchmark::RegisterBenchmark(("sym_square/f32/" + std::to_string(n)).c_str(), bm_sym_square<float>, n));
+  for (const GemmShape g : {GemmShape{Trans::no, Trans::no, 1024, 1024, 1024}, GemmShape{Trans::no, Trans::yes, 1024, 1024, 1024},
+                            GemmShape{Trans::no, Trans::yes, 1024, 1024, 4096}})
+    timed(benchmark::RegisterBenchmark(("eigen_product/f32/" + g.name()).c_str(), bm_eigen_product<float>, g));
 }
 
 std::string cpu_model() {
