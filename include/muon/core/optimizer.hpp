@@ -18,6 +18,9 @@
 // workspace shared by all tensors, sized at the first step to the largest single need. After
 // the first step, step() allocates nothing.
 #include <algorithm>
+#include <array>
+#include <istream>
+#include <ostream>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include "muon/backend/concept.hpp"
+#include "muon/core/checkpoint.hpp"
 #include "muon/core/concepts.hpp"
 #include "muon/core/error.hpp"
 #include "muon/core/functors.hpp"
@@ -233,33 +237,210 @@ class Optimizer {
   // debugging and comparing runs; not for the training loop (it copies).
   [[nodiscard]] std::map<std::string, std::vector<double>> state_snapshot() {
     std::map<std::string, std::vector<double>> out;
-    auto visitor_for = [&](const std::string& prefix) {
-      return [&out, prefix, this](std::string_view key, auto& item) {
-        std::vector<double>& dst = out[prefix + "/" + std::string(key)];
+    for_each_state([&](ParamId id, const std::string& key, auto& item) {
+      std::vector<double>& dst = out[entries_[id].info.name + "/" + key];
+      if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+        dst = {static_cast<double>(item)};
+      } else {
+        const auto host = download(item);
+        dst.assign(host.begin(), host.end());
+      }
+    });
+    return out;
+  }
+
+  // ---- Checkpoints (format: core/checkpoint.hpp) -----------------------------------------------
+  struct SaveOptions {
+    bool parameters = false;  // also store the parameter values (a self-contained resume point)
+  };
+
+  // Writes every tensor's state (and, if asked, its values), the step count, the learning rates
+  // and the other hyperparameters, keyed by parameter name, with a checksum.
+  void save(std::ostream& os, SaveOptions save_options = {}) {
+    detail::CheckpointWriter w;
+    w.put_raw(detail::k_checkpoint_magic, sizeof(detail::k_checkpoint_magic));
+    w.put(detail::k_checkpoint_version);
+    w.put(static_cast<std::uint32_t>(sizeof(T)));
+    w.put(static_cast<std::uint64_t>(steps_taken_));
+    w.put(options_.lr);
+    w.put(options_.momentum);
+    w.put(static_cast<std::uint8_t>(options_.nesterov));
+    w.put(options_.weight_decay);
+    w.put(static_cast<std::uint32_t>(options_.lr_adjust));
+    w.put(fallback_.lr());
+    w.put(static_cast<std::uint8_t>(save_options.parameters));
+    w.put(static_cast<std::uint64_t>(entries_.size()));
+    for (ParamId id = 0; id < entries_.size(); ++id) {
+      const Entry& e = entries_[id];
+      w.put_string(e.info.name);
+      w.put(static_cast<std::uint8_t>(e.path));
+      w.put(static_cast<std::uint32_t>(e.info.shape.rank()));
+      for (std::size_t d = 0; d < e.info.shape.rank(); ++d) w.put(static_cast<std::int64_t>(e.info.shape[d]));
+      if (save_options.parameters) {
+        const auto values = download_param(id);
+        w.put(static_cast<std::uint64_t>(values.size()));
+        w.put_array(values.data(), values.size());
+      }
+      std::uint32_t items = 0;
+      for_each_state_of(id, [&](const std::string&, auto&) { ++items; });
+      w.put(items);
+      for_each_state_of(id, [&](const std::string& key, auto& item) {
+        w.put_string(key);
         if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
-          dst = {static_cast<double>(item)};
+          w.put(std::uint8_t{1});
+          w.put(static_cast<std::uint64_t>(item));
+        } else {
+          const auto host = download(item);
+          w.put(std::uint8_t{0});
+          w.put(static_cast<std::uint8_t>(sizeof(typename decltype(host)::value_type)));
+          w.put(static_cast<std::uint64_t>(host.size()));
+          w.put_array(host.data(), host.size());
+        }
+      });
+    }
+    w.finish(os);
+  }
+
+  // Restores what save() wrote, all or nothing: the file is read and checked completely (format,
+  // checksum, every registered tensor present with the same shape, path and state layout, no
+  // unknown tensors) before anything changes; on any mismatch it throws muon::Error and the
+  // optimizer (and the parameters) stay exactly as they were. Restores the step count and both
+  // learning rates (a schedule's current values); other hyperparameters stay as constructed.
+  void load(std::istream& is) {
+    detail::CheckpointReader r(is);
+    const auto value_size = r.get<std::uint32_t>();
+    if (value_size != sizeof(T))
+      detail::fail("checkpoint: state is " + std::to_string(8 * value_size) + "-bit floating point, this optimizer's is " +
+                   std::to_string(8 * sizeof(T)) + "-bit");
+    const auto steps = r.get<std::uint64_t>();
+    const auto lr = r.get<double>();
+    (void)r.get<double>();        // momentum (informational)
+    (void)r.get<std::uint8_t>();  // nesterov
+    (void)r.get<double>();        // weight_decay
+    (void)r.get<std::uint32_t>(); // lr_adjust
+    const auto fallback_lr = r.get<double>();
+    detail::require_non_negative("checkpoint", "lr", lr);
+    detail::require_non_negative("checkpoint", "fallback lr", fallback_lr);
+    const bool has_parameters = r.get<std::uint8_t>() != 0;
+    const auto count = r.get<std::uint64_t>();
+
+    struct Item {
+      bool counter = false;
+      std::uint64_t value = 0;  // counter value, or element count
+      std::size_t element_size = 0;
+      std::size_t at = 0;  // where a buffer's elements start
+    };
+    struct Staged {
+      Path path{};
+      Shape shape{};
+      std::size_t params_at = 0;
+      std::map<std::string, Item> items;
+      bool matched = false;
+    };
+    std::map<std::string, Staged> staged;
+    for (std::uint64_t i = 0; i < count; ++i) {
+      std::string name = r.get_string();
+      Staged st;
+      const auto path = r.get<std::uint8_t>();
+      if (path > 1) detail::fail("checkpoint: tensor '" + name + "' has an invalid path code");
+      st.path = static_cast<Path>(path);
+      const auto rank = r.get<std::uint32_t>();
+      if (rank > Shape::max_rank) detail::fail("checkpoint: tensor '" + name + "' has rank " + std::to_string(rank));
+      std::array<index_t, Shape::max_rank> dims{};
+      for (std::uint32_t d = 0; d < rank; ++d) dims[d] = static_cast<index_t>(r.get<std::int64_t>());
+      st.shape = make_shape(dims, rank);
+      if (has_parameters) {
+        const auto n = r.get<std::uint64_t>();
+        if (n != static_cast<std::uint64_t>(st.shape.numel()))
+          detail::fail("checkpoint: tensor '" + name + "' stores " + std::to_string(n) + " values for shape " +
+                       st.shape.to_string());
+        st.params_at = r.skip_array(n, sizeof(T));
+      }
+      const auto items = r.get<std::uint32_t>();
+      for (std::uint32_t k = 0; k < items; ++k) {
+        std::string key = r.get_string();
+        Item item;
+        const auto kind = r.get<std::uint8_t>();
+        if (kind == 1) {
+          item.counter = true;
+          item.value = r.get<std::uint64_t>();
+        } else if (kind == 0) {
+          item.element_size = r.get<std::uint8_t>();
+          item.value = r.get<std::uint64_t>();
+          item.at = r.skip_array(item.value, item.element_size);
+        } else {
+          detail::fail("checkpoint: tensor '" + name + "', state '" + key + "' has an invalid kind");
+        }
+        st.items.emplace(std::move(key), item);
+      }
+      if (!staged.emplace(name, std::move(st)).second) detail::fail("checkpoint: tensor '" + name + "' appears twice");
+    }
+    if (!r.at_end()) detail::fail("checkpoint: unexpected bytes after the last tensor");
+
+    // ---- match against what is registered (no change yet) ----
+    for (ParamId id = 0; id < entries_.size(); ++id) {
+      const Entry& e = entries_[id];
+      auto it = staged.find(e.info.name);
+      if (it == staged.end()) detail::fail_param(e.info.name, "missing from the checkpoint");
+      Staged& st = it->second;
+      st.matched = true;
+      if (!(st.shape == e.info.shape))
+        detail::fail_param(e.info.name, "checkpoint shape " + st.shape.to_string() + " differs from the registered " +
+                                            e.info.shape.to_string());
+      if (st.path != e.path)
+        detail::fail_param(e.info.name, "saved on the " + std::string(to_string(st.path)) + " path, registered on the " +
+                                            std::string(to_string(e.path)) + " path");
+      std::size_t expected_items = 0;
+      for_each_state_of(id, [&](const std::string& key, auto& item) {
+        ++expected_items;
+        auto found = st.items.find(key);
+        if (found == st.items.end()) detail::fail_param(e.info.name, "state '" + key + "' is missing from the checkpoint");
+        const Item& saved = found->second;
+        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+          if (!saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a counter here, a buffer in the checkpoint");
+        } else {
+          using U = std::remove_cvref_t<decltype(*item.data())>;
+          if (saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a buffer here, a counter in the checkpoint");
+          if (saved.element_size != sizeof(U))
+            detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(8 * saved.element_size) +
+                                                "-bit elements in the checkpoint, " + std::to_string(8 * sizeof(U)) + "-bit here");
+          if (saved.value != item.size())
+            detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(saved.value) +
+                                                " elements in the checkpoint, " + std::to_string(item.size()) + " here");
+        }
+      });
+      if (expected_items != st.items.size())
+        detail::fail_param(e.info.name, "the checkpoint holds state this composition does not have (saved with other policies?)");
+      for (const auto& alias : e.aliases) staged.erase(alias);  // a tied tensor saved under one name only
+    }
+    for (const auto& [name, st] : staged)
+      if (!st.matched) detail::fail("checkpoint: tensor '" + name + "' is not registered with this optimizer");
+
+    // ---- commit: nothing below can fail ----
+    for (ParamId id = 0; id < entries_.size(); ++id) {
+      const Entry& e = entries_[id];
+      const Staged& st = staged.at(e.info.name);
+      if (has_parameters) {
+        std::vector<T> values(static_cast<std::size_t>(e.info.shape.numel()));
+        r.read_array(st.params_at, values.data(), values.size());
+        upload_param(id, values);
+      }
+      for_each_state_of(id, [&](const std::string& key, auto& item) {
+        const Item& saved = st.items.at(key);
+        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+          item = static_cast<std::remove_cvref_t<decltype(item)>>(saved.value);
         } else {
           using U = std::remove_cvref_t<decltype(*item.data())>;
           std::vector<U> host(item.size());
-          if constexpr (std::is_same_v<U, value_type>)
-            backend_.copy_to_host(backend::MatrixView<const U>{item.data(), 1, 1, static_cast<index_t>(item.size())}, host);
-          dst.assign(host.begin(), host.end());
+          r.read_array(saved.at, host.data(), host.size());
+          upload(item, host);
         }
-      };
-    };
-    for (auto& s : matrix_slots_) {
-      const std::string& n = entries_[s.id].info.name;
-      auto v = visitor_for(n);
-      v("momentum", s.momentum);
-      s.filter.visit(visitor_for(n + "/filter"));
-      s.constraint.visit(visitor_for(n + "/constraint"));
+      });
     }
-    for (auto& s : fallback_slots_) {
-      const std::string& n = entries_[s.id].info.name;
-      s.filter.visit(visitor_for(n + "/filter"));
-      s.fallback.visit(visitor_for(n + "/fallback"));
-    }
-    return out;
+    steps_taken_ = steps;
+    options_.lr = lr;
+    fallback_.set_lr(fallback_lr);
+    backend_.synchronize();
   }
 
  private:
@@ -274,6 +455,7 @@ class Optimizer {
     const T* param_data = nullptr;
     const T* grad_data = nullptr;
     Layout layout = Layout::row_major;
+    std::size_t slot = 0;  // index into matrix_slots_ or fallback_slots_ (by path)
   };
 
   struct MatrixSlot {
@@ -294,6 +476,76 @@ class Optimizer {
     typename Filter::template State<B> filter;
     typename Fb::template State<B> fallback;
   };
+
+  // Calls f(key, item) for every buffer (item.data(), item.size()) and counter (an integer) of
+  // one tensor's state, in a fixed order; keys are "momentum", "filter/<k>", "constraint/<k>",
+  // "fallback/<k>".
+  template <class F>
+  void for_each_state_of(ParamId id, F&& f) {
+    const Entry& e = entries_[id];
+    auto with_prefix = [&f](std::string prefix) {
+      return [&f, prefix = std::move(prefix)](std::string_view key, auto& item) { f(prefix + std::string(key), item); };
+    };
+    if (e.path == Path::matrix) {
+      MatrixSlot& s = matrix_slots_[e.slot];
+      f(std::string("momentum"), s.momentum);
+      s.filter.visit(with_prefix("filter/"));
+      s.constraint.visit(with_prefix("constraint/"));
+    } else {
+      FallbackSlot& s = fallback_slots_[e.slot];
+      s.filter.visit(with_prefix("filter/"));
+      s.fallback.visit(with_prefix("fallback/"));
+    }
+  }
+  template <class F>
+  void for_each_state(F&& f) {
+    for (ParamId id = 0; id < entries_.size(); ++id)
+      for_each_state_of(id, [&](const std::string& key, auto& item) { f(id, key, item); });
+  }
+
+  // Host copies of backend buffers (checkpoints and snapshots; never in the step path).
+  template <class Buf>
+  auto download(Buf& buf) {
+    using U = std::remove_cvref_t<decltype(*buf.data())>;
+    std::vector<U> host(buf.size());
+    if constexpr (std::is_same_v<U, T>) {
+      backend_.copy_to_host(backend::MatrixView<const T>{buf.data(), 1, 1, static_cast<index_t>(buf.size())}, host);
+    } else {
+      static_assert(std::is_same_v<U, typename B::accum_type>, "muon: state buffers hold value_type or accum_type");
+      backend_.read(buf.data(), host);
+    }
+    backend_.synchronize();
+    return host;
+  }
+  template <class Buf, class U>
+  void upload(Buf& buf, const std::vector<U>& host) {
+    static_assert(std::is_same_v<U, T>, "muon: only value_type state buffers can be restored");
+    backend_.copy_from_host(host, backend::MatrixView<T>{buf.data(), 1, 1, static_cast<index_t>(buf.size())});
+  }
+  [[nodiscard]] backend::MatrixView<T> param_view(ParamId id) {
+    const Entry& e = entries_[id];
+    return e.path == Path::matrix ? matrix_slots_[e.slot].w.flat() : fallback_slots_[e.slot].w;
+  }
+  std::vector<T> download_param(ParamId id) {
+    const auto v = param_view(id);
+    std::vector<T> host(static_cast<std::size_t>(v.size()));
+    backend_.copy_to_host(v, host);
+    backend_.synchronize();
+    return host;
+  }
+  void upload_param(ParamId id, const std::vector<T>& host) { backend_.copy_from_host(host, param_view(id)); }
+
+  static Shape make_shape(const std::array<index_t, Shape::max_rank>& d, std::size_t rank) {
+    switch (rank) {
+      case 0: return Shape{};
+      case 1: return Shape{d[0]};
+      case 2: return Shape{d[0], d[1]};
+      case 3: return Shape{d[0], d[1], d[2]};
+      case 4: return Shape{d[0], d[1], d[2], d[3]};
+      case 5: return Shape{d[0], d[1], d[2], d[3], d[4]};
+      default: return Shape{d[0], d[1], d[2], d[3], d[4], d[5]};
+    }
+  }
 
   static Options validated(Options o) {
     detail::require_non_negative("Optimizer", "lr", o.lr);
@@ -388,7 +640,8 @@ class Optimizer {
     }
     // Nothing below throws (capacity reserved above).
     need_.raise_to(need);
-    entries_.push_back(Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data, p.layout});
+    const std::size_t slot = route.path == Path::matrix ? matrix_slots_.size() - 1 : fallback_slots_.size() - 1;
+    entries_.push_back(Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data, p.layout, slot});
     flags_ = std::move(flags);
     flags_host_.push_back(0.0);
     bad_.push_back(0);
