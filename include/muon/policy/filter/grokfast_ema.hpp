@@ -1,0 +1,94 @@
+#pragma once
+// GrokfastEMA: amplifies the slow (low-frequency) part of each gradient with an exponential
+// moving average, before either path sees it:
+//   h <- g_1 on the first step (the average starts at the first raw gradient), then at every
+//   step, the first included:
+//   h <- alpha h + (1 - alpha) g
+//   g' <- g + lamb h
+// The average always takes the raw gradient g, never g'. The user's gradient is not modified:
+// g' is written to workspace. A skipped step (NaN/Inf gradient) never reaches the filter, so it
+// leaves h and the step count as they were.
+// Follows ironjr/grokfast grokfast.py::gradfilter_ema operation for operation (the same
+// multiplication order). Lee, Kang, Lee, Kim, "Grokfast: Accelerated Grokking by Amplifying Slow
+// Gradients" (arXiv:2405.20233). Defaults are the official code's: alpha 0.98, lamb 2.0.
+// State per tensor: one buffer the tensor's size ("ema") and the step count ("steps").
+#include <cstdint>
+
+#include "muon/backend/concept.hpp"
+#include "muon/core/config.hpp"
+#include "muon/core/param.hpp"
+#include "muon/core/validate.hpp"
+#include "muon/core/workspace.hpp"
+
+namespace muon::policy {
+
+class GrokfastEMA {
+ public:
+  struct Options {
+    double alpha = 0.98;  // EMA momentum, in [0, 1)
+    double lamb = 2.0;    // amplification of the average, finite
+  };
+
+  template <class B>
+  struct State {
+    typename B::template Buffer<typename B::value_type> ema;
+    std::uint64_t steps = 0;  // gradients seen; 0 means the average is not started yet
+    template <class V>
+    void visit(V&& v) {
+      v("ema", ema);
+      v("steps", steps);
+    }
+  };
+
+  GrokfastEMA() : GrokfastEMA(Options{}) {}
+  explicit GrokfastEMA(const Options& options) : options_(options) {
+    detail::require_unit_interval("GrokfastEMA", "alpha", options_.alpha);
+    detail::require_finite("GrokfastEMA", "lamb", options_.lamb);
+  }
+
+  [[nodiscard]] const Options& options() const { return options_; }
+
+  template <class B>
+  [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
+    return {b.template allocate<typename B::value_type>(static_cast<std::size_t>(info.shape.numel())), 0};
+  }
+
+  [[nodiscard]] WorkspaceNeed plan(const ParamInfo& info) const {
+    return WorkspaceNeed{}.add_matrix(1, 1, info.shape.numel());
+  }
+
+  template <class B>
+  backend::MatrixView<const typename B::value_type> apply(B& b, State<B>& s,
+                                                          backend::MatrixView<const typename B::value_type> g,
+                                                          Workspace<B>& ws) {
+    using T = typename B::value_type;
+    const auto gf = g.flat();
+    backend::MatrixView<T> h{s.ema.data(), 1, 1, gf.size()};
+    b.transform(h, EmaUpdate<T>{static_cast<T>(options_.alpha), static_cast<T>(1.0 - options_.alpha), s.steps == 0},
+                h, gf);
+    auto out = ws.take(g.batch, g.rows, g.cols);
+    b.transform(out.flat(), Amplify<T>{static_cast<T>(options_.lamb)}, gf, h);
+    s.steps += 1;
+    return out;
+  }
+
+ private:
+  // h <- (first ? g : h) alpha + g (1 - alpha): grads[n] * alpha + grad * (1 - alpha), with
+  // grads[n] = grad on the first call, as the official code does.
+  template <class T>
+  struct EmaUpdate {
+    T alpha, one_minus_alpha;
+    bool first;
+    MUON_HOST_DEVICE T operator()(T h, T g) const { return (first ? g : h) * alpha + g * one_minus_alpha; }
+  };
+  // g' = g + h lamb
+  template <class T>
+  struct Amplify {
+    T lamb;
+    MUON_HOST_DEVICE T operator()(T g, T h) const { return g + h * lamb; }
+  };
+
+  Options options_;
+};
+
+}  // namespace muon::policy
