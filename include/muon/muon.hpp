@@ -16,6 +16,8 @@
 #include "muon/policy/constraint/none.hpp"
 #include "muon/policy/fallback/adamw.hpp"
 #include "muon/policy/fallback/sgd.hpp"
+#include "muon/policy/filter/grokfast_ema.hpp"
+#include "muon/policy/filter/grokfast_ma.hpp"
 #include "muon/policy/filter/none.hpp"
 #include "muon/policy/orthogonalizer/newton_schulz.hpp"
 #include "muon/policy/orthogonalizer/polar_express.hpp"
