@@ -15,6 +15,7 @@
 
 #include "muon/policy/constraint/none.hpp"
 #include "muon/policy/fallback/adamw.hpp"
+#include "muon/policy/fallback/lion.hpp"
 #include "muon/policy/fallback/sgd.hpp"
 #include "muon/policy/filter/grokfast_ema.hpp"
 #include "muon/policy/filter/grokfast_ma.hpp"

@@ -7,6 +7,7 @@
 #include "muon/core/optimizer.hpp"
 #include "muon/policy/constraint/none.hpp"
 #include "muon/policy/fallback/adamw.hpp"
+#include "muon/policy/fallback/lion.hpp"
 #include "muon/policy/fallback/sgd.hpp"
 #include "muon/policy/filter/none.hpp"
 #include "muon/policy/orthogonalizer/newton_schulz.hpp"
@@ -22,5 +23,10 @@ using Muon = Optimizer<B, policy::NoFilter, policy::ShapeRoleRouter, policy::New
 template <class B>
 using MuonSGD = Optimizer<B, policy::NoFilter, policy::ShapeRoleRouter, policy::NewtonSchulz, policy::NoConstraint,
                           policy::SGD>;
+
+// Muon with Lion for the fallback group (sign updates for embeddings, heads, norms, biases).
+template <class B>
+using MuonLion = Optimizer<B, policy::NoFilter, policy::ShapeRoleRouter, policy::NewtonSchulz, policy::NoConstraint,
+                           policy::Lion>;
 
 }  // namespace muon
