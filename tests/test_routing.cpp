@@ -11,7 +11,7 @@ using Opt = muon::Muon<B>;
 using Mat = Eigen::MatrixXf;
 using Vec = Eigen::VectorXf;
 
-muon::ParamInfo info(muon::Shape s, muon::Role r = muon::Role::none) { return {"p", s, r, std::nullopt}; }
+muon::ParamInfo info(muon::Shape s, muon::Role r = muon::Role::none) { return {"p", s, r, std::nullopt, 0, 0}; }
 }  // namespace
 
 TEST_CASE("ShapeRoleRouter rules, first match wins", "[routing]") {
@@ -34,9 +34,9 @@ TEST_CASE("ShapeRoleRouter rules, first match wins", "[routing]") {
 
   muon::policy::ShapeRoleRouter custom({.min_dim = 16, .max_aspect_ratio = 4, .overrides = {{"p", Path::matrix}}});
   CHECK(custom.route(info({8, 64}, muon::Role::bias)).path == Path::matrix);  // override beats role
-  CHECK(custom.route({"q", {8, 64}, muon::Role::none, std::nullopt}).rule == "min dim 8 < 16");
-  CHECK(custom.route({"q", {16, 128}, muon::Role::none, std::nullopt}).rule == "aspect 8:1 > 4:1");
-  CHECK(custom.route({"q", {16, 128}, muon::Role::none, muon::Path::matrix}).rule == "override (registration)");
+  CHECK(custom.route({"q", {8, 64}, muon::Role::none, std::nullopt, 0, 0}).rule == "min dim 8 < 16");
+  CHECK(custom.route({"q", {16, 128}, muon::Role::none, std::nullopt, 0, 0}).rule == "aspect 8:1 > 4:1");
+  CHECK(custom.route({"q", {16, 128}, muon::Role::none, muon::Path::matrix, 0, 0}).rule == "override (registration)");
   CHECK_THROWS_AS(muon::policy::ShapeRoleRouter({.min_dim = 0}), muon::Error);
 }
 

@@ -41,24 +41,30 @@ class GemmBlocking : public ::Eigen::internal::level3_blocking<T, T> {
  public:
   // Returns the number of elements of packing space the product m x n x k needs.
   static std::size_t required_elements(index_t m, index_t n, index_t k) {
-    index_t kc = k, mc = m, nc = n;
-    ::Eigen::internal::computeProductBlockingSizes<T, T, 1>(kc, mc, nc, index_t{1});
-    // Two panels, each rounded up to a whole alignment unit.
-    const std::size_t unit = k_alignment / sizeof(T);
-    auto round_up = [unit](std::size_t x) { return (x + unit - 1) / unit * unit; };
-    return round_up(static_cast<std::size_t>(kc * mc)) + round_up(static_cast<std::size_t>(kc * nc));
+    const Panels p = panels(m, n, k);
+    return p.size_a + p.size_b;
   }
 
   void configure(index_t m, index_t n, index_t k, T* scratch) {
+    const Panels p = panels(m, n, k);
+    this->m_kc = p.kc;
+    this->m_mc = p.mc;
+    this->m_nc = p.nc;
+    this->m_blockA = scratch;
+    this->m_blockB = scratch + p.size_a;
+  }
+
+ private:
+  struct Panels {
+    index_t kc, mc, nc;
+    std::size_t size_a, size_b;  // each rounded up to a whole alignment unit
+  };
+  static Panels panels(index_t m, index_t n, index_t k) {
     index_t kc = k, mc = m, nc = n;
     ::Eigen::internal::computeProductBlockingSizes<T, T, 1>(kc, mc, nc, index_t{1});
-    const std::size_t unit = k_alignment / sizeof(T);
-    const std::size_t size_a = (static_cast<std::size_t>(kc * mc) + unit - 1) / unit * unit;
-    this->m_kc = kc;
-    this->m_mc = mc;
-    this->m_nc = nc;
-    this->m_blockA = scratch;
-    this->m_blockB = scratch + size_a;
+    constexpr std::size_t unit = k_alignment / sizeof(T);
+    auto round_up = [](std::size_t x) { return (x + unit - 1) / unit * unit; };
+    return {kc, mc, nc, round_up(static_cast<std::size_t>(kc * mc)), round_up(static_cast<std::size_t>(kc * nc))};
   }
 };
 

@@ -173,14 +173,15 @@ class Optimizer {
       skipped_.clear();
       for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
     }
+    ConstraintStats stats{};
     if (!skip_all) {
       for (auto& slot : matrix_slots_)
-        if (!bad_[slot.id]) step_matrix(slot);
+        if (!bad_[slot.id]) step_matrix(slot, stats);
       for (auto& slot : fallback_slots_)
         if (!bad_[slot.id]) step_fallback(slot);
     }
     ++steps_taken_;
-    return {steps_taken_, std::span<const ParamId>(skipped_)};
+    return {steps_taken_, std::span<const ParamId>(skipped_), stats};
   }
 
   // ---- Reports ---------------------------------------------------------------------------------
@@ -231,6 +232,14 @@ class Optimizer {
     detail::fail("no parameter named '" + name + "'");
   }
   [[nodiscard]] std::uint64_t steps_taken() const { return steps_taken_; }
+
+  // The constraint's state of a matrix-path tensor, for constraints that take input from the
+  // trainer (QK-Clip's max logits) or report detail (which heads were clipped).
+  [[nodiscard]] typename Constr::template State<B>& constraint_state(ParamId id) {
+    const Entry& e = entries_.at(id);
+    if (e.path != Path::matrix) detail::fail_param(e.info.name, "takes the fallback path and has no constraint state");
+    return matrix_slots_[e.slot].constraint;
+  }
   [[nodiscard]] B& backend() { return backend_; }
 
   // Every state buffer and counter, copied to the host, keyed "<parameter>/<state>". For tests,
@@ -581,7 +590,18 @@ class Optimizer {
       detail::fail_param(name, "gradient and parameter have different memory layouts (row- vs column-major)");
     if (overlaps(p.data, n, g.data, n)) detail::fail_param(name, "gradient memory overlaps the parameter");
 
-    ParamInfo info{name, p.shape, options.role, options.path};
+    if (options.heads < 0 || options.rotary_rows < 0) detail::fail_param(name, "heads and rotary_rows must be >= 0");
+    if (options.heads > 0) {
+      if (p.shape.rank() != 2 || p.shape.rows() % options.heads != 0)
+        detail::fail_param(name, "heads = " + std::to_string(options.heads) + " needs a rank-2 tensor whose rows (" +
+                                     std::to_string(p.shape.rows()) + ") are a multiple of it");
+      if (options.rotary_rows >= p.shape.rows() / options.heads)
+        detail::fail_param(name, "rotary_rows must be smaller than the head dimension " +
+                                     std::to_string(p.shape.rows() / options.heads));
+    } else if (options.rotary_rows != 0) {
+      detail::fail_param(name, "rotary_rows needs heads > 0");
+    }
+    ParamInfo info{name, p.shape, options.role, options.path, options.heads, options.rotary_rows};
     Route route = router_.route(info);
     if (route.path == Path::matrix && (p.shape.rank() < 2 || p.shape.rank() > 3))
       detail::fail_param(name, "the matrix path needs a rank-2 or rank-3 tensor, got shape " + p.shape.to_string());
@@ -683,7 +703,7 @@ class Optimizer {
     }
   }
 
-  void step_matrix(MatrixSlot& s) {
+  void step_matrix(MatrixSlot& s, ConstraintStats& stats) {
     workspace_.reset();
     const auto g = filter_.apply(backend_, s.filter, s.g, workspace_);
     backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
@@ -701,6 +721,8 @@ class Optimizer {
                                               static_cast<T>(options_.lr * s.lr_factor)},
                        s.w, u);
     constraint_.retract(backend_, s.constraint, param, workspace_);
+    // Optional: a constraint that reports adds its numbers to the step result.
+    if constexpr (requires { constraint_.report(s.constraint, stats); }) constraint_.report(s.constraint, stats);
   }
 
   void step_fallback(FallbackSlot& s) {

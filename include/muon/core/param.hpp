@@ -40,6 +40,11 @@ enum class Path {
 struct ParamOptions {
   Role role = Role::none;
   std::optional<Path> path{};  // explicit override of the router's decision
+  // Attention projections (role query / key, nn.Linear layout [heads * head_dim, d_model]):
+  // the number of heads, and how many rows at the end of each head's block are rotary
+  // (MLA-style q^R). 0 = not split into heads.
+  index_t heads = 0;
+  index_t rotary_rows = 0;
 };
 
 struct ParamInfo {
@@ -47,6 +52,11 @@ struct ParamInfo {
   Shape shape;  // logical, outermost first
   Role role = Role::none;
   std::optional<Path> path_override{};
+  index_t heads = 0;        // see ParamOptions
+  index_t rotary_rows = 0;  // see ParamOptions
+
+  // Rows of one head's block (rows / heads), or 0 when not split into heads.
+  [[nodiscard]] index_t head_dim() const { return heads > 0 ? shape.rows() / heads : 0; }
 };
 
 // The router's verdict, with the rule that produced it (shown in the routing report).

@@ -104,9 +104,19 @@ using ParamId = std::size_t;
 // What one step() did. `skipped` lists the parameters whose update was skipped because their
 // gradient held NaN or Inf (NonFinitePolicy::skip_parameter / skip_step); it views storage the
 // optimizer owns and stays valid until the next step().
+// What constraints did during a step, summed over tensors (filled by constraints that report;
+// per-tensor detail stays in each tensor's constraint state).
+struct ConstraintStats {
+  std::size_t clipped_heads = 0;  // QK-Clip: heads rescaled this step
+  double max_head_value = 0;      // QK-Clip: largest max-logit (logit mode) or head norm (weight mode) seen
+  std::size_t dual_iterations = 0;  // manifold constraints: dual-ascent iterations used
+  double max_residual = 0;          // manifold constraints: largest tangent / constraint residual
+};
+
 struct StepResult {
   std::uint64_t step = 0;  // steps taken so far, this one included
   std::span<const ParamId> skipped{};
+  ConstraintStats constraint{};
   [[nodiscard]] bool all_applied() const { return skipped.empty(); }
 };
 
