@@ -127,6 +127,10 @@ TEMPLATE_TEST_CASE("backend: transform and transform_slices", "[backend]", MUON_
   d.b.transform_slices(x.view(), [](index_t s, T v) { return v + static_cast<T>(s); }, x.view());
   r = d.download(x);
   for (std::size_t i = 0; i < r.size(); ++i) CHECK(r[i] == hx[i] + static_cast<T>(i / 35));
+  // With the flat index.
+  d.b.transform_indexed(out.view(), [](index_t k, T v) { return v * static_cast<T>(k % 7); }, y.view());
+  r = d.download(out);
+  for (std::size_t i = 0; i < r.size(); ++i) CHECK(r[i] == hy[i] * static_cast<T>(i % 7));
 }
 
 TEMPLATE_TEST_CASE("backend: reductions per slice, in accum_type, left on the backend", "[backend]",

@@ -56,6 +56,10 @@ struct ProbeSliced {
   template <class T>
   MUON_HOST_DEVICE T operator()(index_t, T x) const { return x; }
 };
+struct ProbeIndexed {
+  template <class T>
+  MUON_HOST_DEVICE T operator()(index_t, T x) const { return x; }
+};
 }  // namespace detail
 
 template <class B>
@@ -83,10 +87,12 @@ concept Backend =
       // Elementwise transforms, written once as functors:
       //   transform(out, f, in...)         out[k] = f(in[k]...)           (views of equal size)
       //   transform_slices(out, f, in...)  out[s][k] = f(s, in[s][k]...)  (f knows the slice)
+      //   transform_indexed(out, f, in...) out[k] = f(k, in[k]...)        (f knows the flat index)
       // A functor is a small copyable struct with a MUON_HOST_DEVICE call operator; pointers it
       // carries (to reduction results) point into backend memory.
       b.transform(v, detail::ProbeUnary{}, cv);
       b.transform_slices(v, detail::ProbeSliced{}, cv);
+      b.transform_indexed(v, detail::ProbeIndexed{}, cv);
 
       // Reductions, one result per slice, written to backend memory (acc_out[0 .. batch)).
       b.frobenius_norms(cv, acc_out);

@@ -182,6 +182,19 @@ class Eigen {
     }
   }
 
+  template <class F, class... In>
+  void transform_indexed(MatrixView<T> out, F f, In... in) {
+    static_assert((std::is_convertible_v<In, MatrixView<const T>> && ...),
+                  "muon::backend::Eigen::transform_indexed: inputs must be matrix views of value_type");
+    assert(((MatrixView<const T>(in).size() == out.size()) && ...));
+    T* o = out.data;
+    const index_t n = out.size();
+    auto run = [&](auto... p) {
+      for (index_t i = 0; i < n; ++i) o[i] = static_cast<T>(f(i, p[i]...));
+    };
+    run(MatrixView<const T>(in).data...);
+  }
+
   // ---- Reductions (per slice, accumulated in double) ----------------------------------------
   void frobenius_norms(MatrixView<const T> x, double* out) {
     for (index_t s = 0; s < x.batch; ++s) {

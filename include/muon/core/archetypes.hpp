@@ -31,6 +31,8 @@ struct Backend {
   void transform(backend::MatrixView<float>, F, In...) {}
   template <class F, class... In>
   void transform_slices(backend::MatrixView<float>, F, In...) {}
+  template <class F, class... In>
+  void transform_indexed(backend::MatrixView<float>, F, In...) {}
   void frobenius_norms(backend::MatrixView<const float>, double*) {}
   void dots(backend::MatrixView<const float>, backend::MatrixView<const float>, double*) {}
   void max_abs(backend::MatrixView<const float>, double*) {}
