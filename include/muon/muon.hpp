@@ -23,8 +23,10 @@
 #include "muon/policy/orthogonalizer/newton_schulz.hpp"
 #include "muon/policy/orthogonalizer/polar_express.hpp"
 #include "muon/policy/orthogonalizer/svd_polar.hpp"
+#include "muon/policy/router/fallback_only.hpp"
 #include "muon/policy/router/shape_role.hpp"
 
+#include "muon/optimizers/grokfast.hpp"
 #include "muon/optimizers/muon.hpp"
 
 #if __has_include(<Eigen/Core>)

@@ -127,6 +127,12 @@ class Optimizer {
     double weight_decay = 0.0;
     LrAdjust lr_adjust = LrAdjust::original;
     NonFinitePolicy non_finite = NonFinitePolicy::skip_parameter;
+    // Ablation switches: one composition, stages turned off at run time (sweeps without
+    // recompiling). enable_muon is read at registration (a tensor's path and state are fixed
+    // then); the other two can be changed between steps with set_enable_*.
+    bool enable_filter = true;      // false: gradients pass unfiltered (filter state untouched)
+    bool enable_muon = true;        // false: every tensor takes the fallback path
+    bool enable_constraint = true;  // false: direction = orth(u), no retraction
     // Policies.
     typename Filter::Options filter{};
     typename RouterT::Options router{};
@@ -216,6 +222,8 @@ class Optimizer {
     detail::require_non_negative("Optimizer", "lr", lr);
     options_.lr = lr;
   }
+  void set_enable_filter(bool on) { options_.enable_filter = on; }
+  void set_enable_constraint(bool on) { options_.enable_constraint = on; }
   [[nodiscard]] double fallback_lr() const { return fallback_.lr(); }
   void set_fallback_lr(double lr) { fallback_.set_lr(lr); }
 
@@ -603,6 +611,8 @@ class Optimizer {
     }
     ParamInfo info{name, p.shape, options.role, options.path, options.heads, options.rotary_rows};
     Route route = router_.route(info);
+    if (!options_.enable_muon && route.path == Path::matrix)
+      route = {Path::fallback, "enable_muon off (router: " + route.rule + ")"};
     if (route.path == Path::matrix && (p.shape.rank() < 2 || p.shape.rank() > 3))
       detail::fail_param(name, "the matrix path needs a rank-2 or rank-3 tensor, got shape " + p.shape.to_string());
 
@@ -640,7 +650,11 @@ class Optimizer {
       const index_t prow = transposed ? cols : rows, pcol = transposed ? rows : cols;
       const index_t batch = p.shape.batch();
       need.add_matrix(batch, prow, pcol);  // u
-      need.add(constraint_.plan(backend_, orth_, info));
+      // The constraint's plan covers its own use of the orthogonalizer; the orthogonalizer's
+      // alone is what runs when the constraint is switched off.
+      WorkspaceNeed direction = constraint_.plan(backend_, orth_, info);
+      direction.raise_to(orth_.plan(backend_, batch, prow, pcol));
+      need.add(direction);
       matrix_slots_.reserve(matrix_slots_.size() + 1);
       matrix_slots_.push_back(MatrixSlot{id,
                                          {p.data, batch, prow, pcol},
@@ -705,7 +719,7 @@ class Optimizer {
 
   void step_matrix(MatrixSlot& s, ConstraintStats& stats) {
     workspace_.reset();
-    const auto g = filter_.apply(backend_, s.filter, s.g, workspace_);
+    const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, s.g, workspace_) : s.g;
     backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
     const T beta = static_cast<T>(options_.momentum);
     backend_.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
@@ -715,11 +729,15 @@ class Optimizer {
     else
       backend_.transform(u, fn::Copy{}, m);
     const MatrixParam<T> param{s.w, s.transposed, &entries_[s.id].info};
-    constraint_.direction(backend_, s.constraint, orth_, param, u, workspace_);
+    if (options_.enable_constraint)
+      constraint_.direction(backend_, s.constraint, orth_, param, u, workspace_);
+    else
+      orth_.apply(backend_, u, workspace_);
     backend_.transform(s.w,
                        detail::ApplyUpdate<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
                                               static_cast<T>(options_.lr * s.lr_factor)},
                        s.w, u);
+    if (!options_.enable_constraint) return;
     constraint_.retract(backend_, s.constraint, param, workspace_);
     // Optional: a constraint that reports adds its numbers to the step result.
     if constexpr (requires { constraint_.report(s.constraint, stats); }) constraint_.report(s.constraint, stats);
@@ -727,7 +745,7 @@ class Optimizer {
 
   void step_fallback(FallbackSlot& s) {
     workspace_.reset();
-    const auto g = filter_.apply(backend_, s.filter, s.g, workspace_);
+    const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, s.g, workspace_) : s.g;
     fallback_.apply(backend_, s.fallback, s.w, g);
   }
 

@@ -1,0 +1,25 @@
+#pragma once
+// Grokfast compositions: the Grokfast EMA filter (slow-gradient amplification) in front of
+//   Grokfast<B>      AdamW for every tensor (the official Grokfast + AdamW setup);
+//   MuonGrokfast<B>  Muon for matrices, AdamW for the rest.
+// Lee et al., "Grokfast: Accelerated Grokking by Amplifying Slow Gradients" (arXiv:2405.20233).
+// For the moving-average filter, name policy::GrokfastMA in your own alias.
+#include "muon/core/optimizer.hpp"
+#include "muon/policy/constraint/none.hpp"
+#include "muon/policy/fallback/adamw.hpp"
+#include "muon/policy/filter/grokfast_ema.hpp"
+#include "muon/policy/orthogonalizer/newton_schulz.hpp"
+#include "muon/policy/router/fallback_only.hpp"
+#include "muon/policy/router/shape_role.hpp"
+
+namespace muon {
+
+template <class B>
+using Grokfast = Optimizer<B, policy::GrokfastEMA, policy::FallbackOnlyRouter, policy::NewtonSchulz,
+                           policy::NoConstraint, policy::AdamW>;
+
+template <class B>
+using MuonGrokfast = Optimizer<B, policy::GrokfastEMA, policy::ShapeRoleRouter, policy::NewtonSchulz,
+                               policy::NoConstraint, policy::AdamW>;
+
+}  // namespace muon
