@@ -27,6 +27,7 @@
 #include "muon/policy/router/shape_role.hpp"
 
 #include "muon/optimizers/grokfast.hpp"
+#include "muon/optimizers/by_name.hpp"
 #include "muon/optimizers/muon.hpp"
 
 #if __has_include(<Eigen/Core>)

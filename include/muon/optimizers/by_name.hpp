@@ -1,0 +1,302 @@
+#pragma once
+// A run-time handle for trainers that choose the optimizer from a config file:
+//
+//   auto opt = muon::make_optimizer<muon::backend::Eigen<float>>(
+//       "muon_grokfast", muon::parse_config("lr=0.01, filter.lamb=0.05, fallback.lr=1e-4"));
+//   opt->add("fc1.weight", w, gw);
+//   opt->step();
+//
+// Names: adamw, sgd, lion (one optimizer for every tensor), grokfast (Grokfast EMA + AdamW for
+// every tensor), muon, muon_sgd, muon_lion, muon_grokfast. Fields are the composition's Options,
+// dotted for the policies: lr, momentum, nesterov, weight_decay, lr_adjust, non_finite,
+// enable_filter, enable_muon, enable_constraint, router.min_dim, router.max_aspect_ratio,
+// orthogonalizer.steps / .eps / .eps_mode / .a / .b / .c, filter.alpha / .lamb (Grokfast),
+// fallback.lr / .beta1 / .beta2 / .eps / .weight_decay (AdamW), .momentum / .dampening /
+// .nesterov (SGD). For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
+// fields are accepted without the prefix too (lr=1e-3). An unknown name or field, or a value that does not parse, throws muon::Error
+// that says which, and lists what is accepted.
+//
+// The handle is an abstract class (one virtual call per step); the compositions behind it are
+// the same templates a compile-time user names.
+#include <charconv>
+#include <functional>
+#include <istream>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "muon/core/optimizer.hpp"
+#include "muon/optimizers/grokfast.hpp"
+#include "muon/optimizers/muon.hpp"
+#include "muon/policy/fallback/lion.hpp"
+#include "muon/policy/fallback/sgd.hpp"
+
+namespace muon {
+
+// Option values by field name, as text (what a config file holds).
+using Config = std::map<std::string, std::string, std::less<>>;
+
+// "a=1, b.c = x" (commas or newlines between entries; spaces around names and values ignored).
+[[nodiscard]] inline Config parse_config(std::string_view text) {
+  Config out;
+  auto trim = [](std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+    return s;
+  };
+  while (!text.empty()) {
+    const auto cut = text.find_first_of(",\n");
+    const std::string_view entry = trim(text.substr(0, cut));
+    text = cut == std::string_view::npos ? std::string_view{} : text.substr(cut + 1);
+    if (entry.empty()) continue;
+    const auto eq = entry.find('=');
+    if (eq == std::string_view::npos) detail::fail("config: '" + std::string(entry) + "' is not name=value");
+    const std::string name(trim(entry.substr(0, eq)));
+    if (name.empty()) detail::fail("config: '" + std::string(entry) + "' has no name");
+    if (!out.emplace(name, std::string(trim(entry.substr(eq + 1)))).second)
+      detail::fail("config: option '" + name + "' is given twice");
+  }
+  return out;
+}
+
+template <backend::Backend B>
+class AnyOptimizer {
+ public:
+  using value_type = typename B::value_type;
+  virtual ~AnyOptimizer() = default;
+
+  template <TensorLike P, TensorLike G>
+  ParamId add(std::string name, P&& param, G&& grad, ParamOptions options = {}) {
+    static_assert(!(std::is_rvalue_reference_v<P&&> && detail::owns_storage_v<P>),
+                  "muon::AnyOptimizer::add: the parameter is a temporary that owns its storage; pass an lvalue");
+    static_assert(std::is_same_v<tensor_scalar_t<P>, value_type> && std::is_same_v<tensor_scalar_t<G>, value_type>,
+                  "muon::AnyOptimizer::add: tensor scalar type must be the backend's value_type");
+    const auto p = as_tensor(param);
+    static_assert(!std::is_const_v<std::remove_pointer_t<decltype(p.data)>>,
+                  "muon::AnyOptimizer::add: the parameter must be writable (not const)");
+    const auto g = as_tensor(grad);
+    return add_tensor(std::move(name), TensorRef<value_type>{p.data, p.shape, p.layout},
+                      TensorRef<const value_type>{g.data, g.shape, g.layout}, options);
+  }
+
+  virtual ParamId add_tensor(std::string name, TensorRef<value_type> param, TensorRef<const value_type> grad,
+                             ParamOptions options) = 0;
+  virtual StepResult step() = 0;
+  [[nodiscard]] virtual RoutingReport routing_report() const = 0;
+  [[nodiscard]] virtual MemoryReport memory_report() = 0;
+  [[nodiscard]] virtual double lr() const = 0;
+  virtual void set_lr(double lr) = 0;
+  [[nodiscard]] virtual double fallback_lr() const = 0;
+  virtual void set_fallback_lr(double lr) = 0;
+  [[nodiscard]] virtual std::uint64_t steps_taken() const = 0;
+  virtual void save(std::ostream& os, bool parameters = false) = 0;
+  virtual void load(std::istream& is) = 0;
+  [[nodiscard]] virtual std::map<std::string, std::vector<double>> state_snapshot() = 0;
+  // The name it was made from ("muon_grokfast", ...).
+  [[nodiscard]] virtual const std::string& kind() const = 0;
+};
+
+namespace by_name_detail {
+
+// Binds field names to members of an Options struct, with a parser per type.
+class Fields {
+ public:
+  void add(std::string name, double& v) {
+    setters_[std::move(name)] = [&v](const std::string& f, const std::string& text) { v = parse_double(f, text); };
+  }
+  void add(std::string name, int& v) {
+    setters_[std::move(name)] = [&v](const std::string& f, const std::string& text) {
+      v = static_cast<int>(parse_integer(f, text));
+    };
+  }
+  void add(std::string name, index_t& v) {
+    setters_[std::move(name)] = [&v](const std::string& f, const std::string& text) { v = parse_integer(f, text); };
+  }
+  void add(std::string name, bool& v) {
+    setters_[std::move(name)] = [&v](const std::string& f, const std::string& text) {
+      if (text == "true" || text == "1" || text == "on") v = true;
+      else if (text == "false" || text == "0" || text == "off") v = false;
+      else detail::fail("option '" + f + "': '" + text + "' is not a boolean (true/false)");
+    };
+  }
+  template <class E>
+  void add_enum(std::string name, E& v, std::vector<std::pair<std::string, E>> choices) {
+    setters_[std::move(name)] = [&v, choices = std::move(choices)](const std::string& f, const std::string& text) {
+      std::string known;
+      for (const auto& [n, e] : choices) {
+        if (n == text) {
+          v = e;
+          return;
+        }
+        known += (known.empty() ? "" : ", ") + n;
+      }
+      detail::fail("option '" + f + "': '" + text + "' is not one of " + known);
+    };
+  }
+
+  void apply(const Config& config, const std::string& kind) const {
+    for (const auto& [name, text] : config) {
+      auto it = setters_.find(name);
+      if (it == setters_.end()) {
+        std::string known;
+        for (const auto& [n, _] : setters_) known += (known.empty() ? "" : ", ") + n;
+        detail::fail("optimizer '" + kind + "' has no option '" + name + "' (options: " + known + ")");
+      }
+      it->second(name, text);
+    }
+  }
+
+ private:
+  static double parse_double(const std::string& f, const std::string& text) {
+    double v = 0;
+    const auto* end = text.data() + text.size();
+    const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+    if (ec != std::errc{} || ptr != end || text.empty()) detail::fail("option '" + f + "': '" + text + "' is not a number");
+    return v;
+  }
+  static index_t parse_integer(const std::string& f, const std::string& text) {
+    long long v = 0;
+    const auto* end = text.data() + text.size();
+    const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+    if (ec != std::errc{} || ptr != end || text.empty()) detail::fail("option '" + f + "': '" + text + "' is not an integer");
+    return static_cast<index_t>(v);
+  }
+
+  std::map<std::string, std::function<void(const std::string&, const std::string&)>, std::less<>> setters_;
+};
+
+inline void bind(Fields&, policy::NoFilter::Options&) {}
+inline void bind(Fields& f, policy::GrokfastEMA::Options& o) {
+  f.add("filter.alpha", o.alpha);
+  f.add("filter.lamb", o.lamb);
+}
+inline void bind(Fields& f, policy::ShapeRoleRouter::Options& o) {
+  f.add("router.min_dim", o.min_dim);
+  f.add("router.max_aspect_ratio", o.max_aspect_ratio);
+}
+inline void bind(Fields&, policy::FallbackOnlyRouter::Options&) {}
+inline void bind(Fields& f, policy::NewtonSchulz::Options& o) {
+  f.add("orthogonalizer.steps", o.steps);
+  f.add("orthogonalizer.eps", o.eps);
+  f.add("orthogonalizer.a", o.coefficients.a);
+  f.add("orthogonalizer.b", o.coefficients.b);
+  f.add("orthogonalizer.c", o.coefficients.c);
+  f.add_enum("orthogonalizer.eps_mode", o.eps_mode,
+             {{"add", policy::EpsMode::add}, {"clamp", policy::EpsMode::clamp}});
+}
+inline void bind(Fields&, policy::NoConstraint::Options&) {}
+inline void bind(Fields& f, policy::AdamW::Options& o, const std::string& p = "fallback.") {
+  f.add(p + "lr", o.lr);
+  f.add(p + "beta1", o.beta1);
+  f.add(p + "beta2", o.beta2);
+  f.add(p + "eps", o.eps);
+  f.add(p + "weight_decay", o.weight_decay);
+}
+inline void bind(Fields& f, policy::SGD::Options& o, const std::string& p = "fallback.") {
+  f.add(p + "lr", o.lr);
+  f.add(p + "momentum", o.momentum);
+  f.add(p + "dampening", o.dampening);
+  f.add(p + "nesterov", o.nesterov);
+  f.add(p + "weight_decay", o.weight_decay);
+}
+inline void bind(Fields& f, policy::Lion::Options& o, const std::string& p = "fallback.") {
+  f.add(p + "lr", o.lr);
+  f.add(p + "beta1", o.beta1);
+  f.add(p + "beta2", o.beta2);
+  f.add(p + "weight_decay", o.weight_decay);
+}
+
+template <class Opt>
+typename Opt::Options options_from(const Config& config, const std::string& kind, bool matrix_path) {
+  typename Opt::Options o;
+  Fields f;
+  if (matrix_path) {
+    f.add("lr", o.lr);
+    f.add("momentum", o.momentum);
+    f.add("nesterov", o.nesterov);
+    f.add("weight_decay", o.weight_decay);
+    f.add_enum("lr_adjust", o.lr_adjust,
+               {{"none", LrAdjust::none}, {"original", LrAdjust::original}, {"match_rms_adamw", LrAdjust::match_rms_adamw}});
+    f.add("enable_muon", o.enable_muon);
+    f.add("enable_constraint", o.enable_constraint);
+    bind(f, o.router);
+    bind(f, o.orthogonalizer);
+    bind(f, o.constraint);
+  }
+  f.add_enum("non_finite", o.non_finite,
+             {{"skip_parameter", NonFinitePolicy::skip_parameter},
+              {"skip_step", NonFinitePolicy::skip_step},
+              {"throw", NonFinitePolicy::throw_error}});
+  f.add("enable_filter", o.enable_filter);
+  bind(f, o.filter);
+  bind(f, o.fallback);
+  // One optimizer for every tensor: its options also go without the "fallback." prefix.
+  if (!matrix_path) bind(f, o.fallback, "");
+  f.apply(config, kind);
+  return o;
+}
+
+template <class Opt>
+class Handle final : public AnyOptimizer<typename Opt::backend_type> {
+ public:
+  using T = typename Opt::value_type;
+  Handle(std::string kind, typename Opt::Options options, typename Opt::backend_type backend)
+      : kind_(std::move(kind)), opt_(std::move(options), std::move(backend)) {}
+
+  ParamId add_tensor(std::string name, TensorRef<T> p, TensorRef<const T> g, ParamOptions o) override {
+    return opt_.add(std::move(name), p, g, o);
+  }
+  StepResult step() override { return opt_.step(); }
+  RoutingReport routing_report() const override { return opt_.routing_report(); }
+  MemoryReport memory_report() override { return opt_.memory_report(); }
+  double lr() const override { return opt_.lr(); }
+  void set_lr(double lr) override { opt_.set_lr(lr); }
+  double fallback_lr() const override { return opt_.fallback_lr(); }
+  void set_fallback_lr(double lr) override { opt_.set_fallback_lr(lr); }
+  std::uint64_t steps_taken() const override { return opt_.steps_taken(); }
+  void save(std::ostream& os, bool parameters) override { opt_.save(os, {.parameters = parameters}); }
+  void load(std::istream& is) override { opt_.load(is); }
+  std::map<std::string, std::vector<double>> state_snapshot() override { return opt_.state_snapshot(); }
+  const std::string& kind() const override { return kind_; }
+
+ private:
+  std::string kind_;
+  Opt opt_;
+};
+
+}  // namespace by_name_detail
+
+// The names make_optimizer accepts.
+[[nodiscard]] inline std::vector<std::string> optimizer_names() {
+  return {"adamw", "sgd", "lion", "grokfast", "muon", "muon_sgd", "muon_lion", "muon_grokfast"};
+}
+
+template <backend::Backend B>
+[[nodiscard]] std::unique_ptr<AnyOptimizer<B>> make_optimizer(std::string_view name, const Config& config = {},
+                                                              B backend = B{}) {
+  using namespace policy;
+  const std::string kind(name);
+  auto make = [&]<class Opt>(bool matrix_path) -> std::unique_ptr<AnyOptimizer<B>> {
+    return std::make_unique<by_name_detail::Handle<Opt>>(
+        kind, by_name_detail::options_from<Opt>(config, kind, matrix_path), std::move(backend));
+  };
+  if (name == "adamw")
+    return make.template operator()<Optimizer<B, NoFilter, FallbackOnlyRouter, NewtonSchulz, NoConstraint, AdamW>>(false);
+  if (name == "sgd")
+    return make.template operator()<Optimizer<B, NoFilter, FallbackOnlyRouter, NewtonSchulz, NoConstraint, SGD>>(false);
+  if (name == "lion")
+    return make.template operator()<Optimizer<B, NoFilter, FallbackOnlyRouter, NewtonSchulz, NoConstraint, Lion>>(false);
+  if (name == "grokfast") return make.template operator()<Grokfast<B>>(false);
+  if (name == "muon") return make.template operator()<Muon<B>>(true);
+  if (name == "muon_sgd") return make.template operator()<MuonSGD<B>>(true);
+  if (name == "muon_lion") return make.template operator()<MuonLion<B>>(true);
+  if (name == "muon_grokfast") return make.template operator()<MuonGrokfast<B>>(true);
+  std::string known;
+  for (const auto& n : optimizer_names()) known += (known.empty() ? "" : ", ") + n;
+  detail::fail("unknown optimizer '" + kind + "' (known: " + known + ")");
+}
+
+}  // namespace muon

@@ -1,0 +1,93 @@
+// The run-time handle: make_optimizer(name, config) builds the same compositions a compile-time
+// user names, and rejects unknown names, fields and values with a message that says which.
+#include <catch2/catch.hpp>
+
+#include <muon/backend/eigen.hpp>
+#include <muon/muon.hpp>
+#include <muon/optimizers/by_name.hpp>
+#include <sstream>
+
+namespace {
+using B = muon::backend::Eigen<float>;
+}
+
+TEST_CASE("parse_config reads name=value lists", "[by_name]") {
+  const auto c = muon::parse_config(" lr = 0.01,fallback.lr=1e-4\n nesterov=false ,");
+  CHECK(c.size() == 3);
+  CHECK(c.at("lr") == "0.01");
+  CHECK(c.at("fallback.lr") == "1e-4");
+  CHECK(c.at("nesterov") == "false");
+  CHECK_THROWS_WITH(muon::parse_config("lr"), Catch::Contains("'lr' is not name=value"));
+  CHECK_THROWS_WITH(muon::parse_config("lr=1, lr=2"), Catch::Contains("option 'lr' is given twice"));
+  CHECK_THROWS_WITH(muon::parse_config("=3"), Catch::Contains("has no name"));
+}
+
+TEST_CASE("every name builds, registers and steps", "[by_name]") {
+  for (const auto& name : muon::optimizer_names()) {
+    Eigen::MatrixXf w = Eigen::MatrixXf::Random(8, 16), g = Eigen::MatrixXf::Random(8, 16);
+    Eigen::VectorXf b = Eigen::VectorXf::Random(8), gb = Eigen::VectorXf::Random(8);
+    auto opt = muon::make_optimizer<B>(name);
+    CHECK(opt->kind() == name);
+    opt->add("w", w, g);
+    opt->add("b", b, gb, {.role = muon::Role::bias});
+    const Eigen::MatrixXf w0 = w;
+    INFO(name);
+    CHECK(opt->step().all_applied());
+    CHECK(w != w0);
+    const bool one_optimizer = name == "adamw" || name == "sgd" || name == "lion" || name == "grokfast";
+    CHECK(opt->routing_report().count(muon::Path::matrix) == (one_optimizer ? 0u : 1u));
+  }
+}
+
+TEST_CASE("a handle equals the compile-time composition with the same options", "[by_name]") {
+  Eigen::MatrixXf w1 = Eigen::MatrixXf::Random(8, 16), g = Eigen::MatrixXf::Random(8, 16);
+  Eigen::MatrixXf w2 = w1;
+  auto handle = muon::make_optimizer<B>(
+      "muon_grokfast", muon::parse_config("lr=0.01, filter.lamb=0.05, nesterov=off, lr_adjust=match_rms_adamw, "
+                                          "orthogonalizer.steps=6, orthogonalizer.eps_mode=clamp"));
+  muon::MuonGrokfast<B> direct({.lr = 0.01,
+                                .nesterov = false,
+                                .lr_adjust = muon::LrAdjust::match_rms_adamw,
+                                .filter = {.lamb = 0.05},
+                                .orthogonalizer = {.steps = 6, .eps_mode = muon::policy::EpsMode::clamp}});
+  handle->add("w", w1, g);
+  direct.add("w", w2, g);
+  for (int i = 0; i < 3; ++i) {
+    handle->step();
+    direct.step();
+  }
+  CHECK(w1 == w2);
+  // Checkpoints go through the handle too.
+  std::stringstream file;
+  handle->save(file);
+  handle->load(file);
+  CHECK(handle->steps_taken() == 3);
+}
+
+TEST_CASE("one-optimizer names take their options with or without the prefix", "[by_name]") {
+  auto a = muon::make_optimizer<B>("adamw", muon::parse_config("lr=0.5, weight_decay=0"));
+  CHECK(a->fallback_lr() == 0.5);
+  auto s = muon::make_optimizer<B>("sgd", muon::parse_config("fallback.lr=0.25, momentum=0.9, nesterov=true"));
+  CHECK(s->fallback_lr() == 0.25);
+}
+
+TEST_CASE("unknown names, fields and bad values are clear errors", "[by_name][bad_input]") {
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("adam"), Catch::Contains("unknown optimizer 'adam' (known: adamw"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("fallback.lrr=1")),
+                    Catch::Contains("optimizer 'muon' has no option 'fallback.lrr' (options:") &&
+                        Catch::Contains("fallback.lr,"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("lr=fast")),
+                    Catch::Contains("option 'lr': 'fast' is not a number"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("lr=1e-3x")),
+                    Catch::Contains("'1e-3x' is not a number"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("nesterov=maybe")),
+                    Catch::Contains("'maybe' is not a boolean"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("lr_adjust=sqrt")),
+                    Catch::Contains("'sqrt' is not one of none, original, match_rms_adamw"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("orthogonalizer.steps=2.5")),
+                    Catch::Contains("is not an integer"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon_grokfast", muon::parse_config("filter.alpha=1.5")),
+                    Catch::Contains("alpha"));  // the policy's own validation
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("filter.lamb=1")),
+                    Catch::Contains("has no option 'filter.lamb'"));  // muon has no filter
+}
