@@ -133,6 +133,9 @@ class Optimizer {
     bool enable_filter = true;      // false: gradients pass unfiltered (filter state untouched)
     bool enable_muon = true;        // false: every tensor takes the fallback path
     bool enable_constraint = true;  // false: direction = orth(u), no retraction
+    // Opt-in per-step numbers (StepResult::telemetry): costs a few reductions per tensor, one
+    // n x n GEMM per matrix (the orthogonality error) and host reads of those scalars.
+    bool telemetry = false;
     // Policies.
     typename Filter::Options filter{};
     typename RouterT::Options router{};
@@ -180,6 +183,7 @@ class Optimizer {
       for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
     }
     ConstraintStats stats{};
+    if (options_.telemetry) telemetry_begin();
     if (!skip_all) {
       for (auto& slot : matrix_slots_)
         if (!bad_[slot.id]) step_matrix(slot, stats);
@@ -187,7 +191,14 @@ class Optimizer {
         if (!bad_[slot.id]) step_fallback(slot);
     }
     ++steps_taken_;
-    return {steps_taken_, std::span<const ParamId>(skipped_), stats};
+    const Telemetry* telemetry = nullptr;
+    if (options_.telemetry) {
+      telemetry_.step = steps_taken_;
+      telemetry_.constraint = stats;
+      for (ParamId i : skipped_) telemetry_.skipped.push_back(entries_[i].info.name);
+      telemetry = &telemetry_;
+    }
+    return {steps_taken_, std::span<const ParamId>(skipped_), stats, telemetry};
   }
 
   // ---- Reports ---------------------------------------------------------------------------------
@@ -564,6 +575,65 @@ class Optimizer {
     }
   }
 
+  // ---- telemetry (Options::telemetry) ----
+  void telemetry_begin() {
+    const std::uint64_t step = telemetry_.step;
+    std::vector<std::string> names = std::move(telemetry_.skipped);
+    names.clear();
+    telemetry_ = Telemetry{};
+    telemetry_.step = step;
+    telemetry_.skipped = std::move(names);
+    telemetry_.lr = options_.lr;
+    telemetry_.fallback_lr = fallback_.lr();
+    grad_sq_ = filtered_sq_ = delta_sq_ = 0;
+  }
+  void telemetry_finish_norms() {
+    telemetry_.grad_norm = std::sqrt(grad_sq_);
+    telemetry_.filtered_grad_norm = std::sqrt(filtered_sq_);
+    telemetry_.filter_delta_norm = std::sqrt(delta_sq_);
+  }
+  void telemetry_gradients(backend::MatrixView<const T> raw, backend::MatrixView<const T> filtered) {
+    using A = typename B::accum_type;
+    A* acc = workspace_.take_accums(3);
+    auto diff = workspace_.take(1, 1, raw.size());
+    backend_.frobenius_norms(raw.flat(), acc);
+    backend_.frobenius_norms(filtered.flat(), acc + 1);
+    backend_.transform(diff, Difference{}, filtered.flat(), raw.flat());
+    backend_.frobenius_norms(diff, acc + 2);
+    std::array<A, 3> host{};
+    backend_.read(acc, host);
+    grad_sq_ += static_cast<double>(host[0]) * static_cast<double>(host[0]);
+    filtered_sq_ += static_cast<double>(host[1]) * static_cast<double>(host[1]);
+    delta_sq_ += static_cast<double>(host[2]) * static_cast<double>(host[2]);
+    telemetry_finish_norms();
+  }
+  // ||O O^T - I||_F / sqrt(n) per slice (O^T O for a tall slice), the worst kept.
+  void telemetry_orthogonality(backend::MatrixView<const T> o) {
+    using A = typename B::accum_type;
+    const index_t n = std::min(o.rows, o.cols);
+    auto gram = workspace_.take(o.batch, n, n);
+    if (o.rows <= o.cols)
+      backend_.gemm(backend::Trans::no, backend::Trans::yes, T(1), o, o, T(0), gram);
+    else
+      backend_.gemm(backend::Trans::yes, backend::Trans::no, T(1), o, o, T(0), gram);
+    backend_.transform_indexed(gram, MinusIdentity{n}, gram);
+    A* acc = workspace_.take_accums(o.batch);
+    backend_.frobenius_norms(gram, acc);
+    for (index_t k = 0; k < o.batch; ++k) {
+      A value{};
+      backend_.read(acc + k, std::span<A>(&value, 1));
+      telemetry_.orthogonality_error =
+          std::max(telemetry_.orthogonality_error, static_cast<double>(value) / std::sqrt(static_cast<double>(n)));
+    }
+  }
+  struct Difference {
+    MUON_HOST_DEVICE T operator()(T a, T b) const { return a - b; }
+  };
+  struct MinusIdentity {
+    index_t n;
+    MUON_HOST_DEVICE T operator()(index_t k, T x) const { return (k % (n * n)) % (n + 1) == 0 ? x - T(1) : x; }
+  };
+
   static Options validated(Options o) {
     detail::require_non_negative("Optimizer", "lr", o.lr);
     detail::require_unit_interval("Optimizer", "momentum", o.momentum);
@@ -639,6 +709,11 @@ class Optimizer {
     const ParamId id = entries_.size();
     WorkspaceNeed need;
     need.add(filter_.plan(info));
+    if (options_.telemetry) {
+      // telemetry_gradients: 3 norms and a difference; telemetry_orthogonality: O O^T per slice.
+      const index_t lo = std::min(p.shape.rows(), p.shape.cols());
+      need.add_accums(3).add_accums(p.shape.batch()).add_matrix(1, 1, n).add_matrix(p.shape.batch(), lo, lo);
+    }
     auto flags = backend_.template allocate<typename B::accum_type>(entries_.size() + 1);
     entries_.reserve(entries_.size() + 1);
     flags_host_.reserve(entries_.size() + 1);
@@ -720,6 +795,7 @@ class Optimizer {
   void step_matrix(MatrixSlot& s, ConstraintStats& stats) {
     workspace_.reset();
     const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, s.g, workspace_) : s.g;
+    if (options_.telemetry) telemetry_gradients(s.g, g);
     backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
     const T beta = static_cast<T>(options_.momentum);
     backend_.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
@@ -733,6 +809,7 @@ class Optimizer {
       constraint_.direction(backend_, s.constraint, orth_, param, u, workspace_);
     else
       orth_.apply(backend_, u, workspace_);
+    if (options_.telemetry) telemetry_orthogonality(u);
     backend_.transform(s.w,
                        detail::ApplyUpdate<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
                                               static_cast<T>(options_.lr * s.lr_factor)},
@@ -746,6 +823,7 @@ class Optimizer {
   void step_fallback(FallbackSlot& s) {
     workspace_.reset();
     const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, s.g, workspace_) : s.g;
+    if (options_.telemetry) telemetry_gradients(s.g, g);
     fallback_.apply(backend_, s.fallback, s.w, g);
   }
 
@@ -768,6 +846,8 @@ class Optimizer {
   std::vector<char> bad_;
   std::vector<ParamId> skipped_;
   std::uint64_t steps_taken_ = 0;
+  Telemetry telemetry_{};
+  double grad_sq_ = 0, filtered_sq_ = 0, delta_sq_ = 0;
 };
 
 }  // namespace muon

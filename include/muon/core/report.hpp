@@ -113,10 +113,53 @@ struct ConstraintStats {
   double max_residual = 0;          // manifold constraints: largest tangent / constraint residual
 };
 
+// Opt-in numbers about one step (Options::telemetry). Norms are over all tensors that were
+// updated; the orthogonality error is the worst matrix (slice) of the step.
+struct Telemetry {
+  std::uint64_t step = 0;
+  double lr = 0, fallback_lr = 0;
+  double grad_norm = 0;           // ||g|| over all updated tensors, before the filter
+  double filtered_grad_norm = 0;  // ||filter(g)||, the same tensors
+  double filter_delta_norm = 0;   // ||filter(g) - g|| (Grokfast EMA: lamb * ||EMA||)
+  double orthogonality_error = 0; // max over matrices of ||O O^T - I||_F / sqrt(n), n = min dim
+  ConstraintStats constraint{};
+  std::vector<std::string> skipped;  // names of tensors skipped for non-finite gradients
+
+  // filtered / raw gradient norm (1 when there is no filter or no gradient).
+  [[nodiscard]] double filter_ratio() const { return grad_norm > 0 ? filtered_grad_norm / grad_norm : 1.0; }
+
+  // One JSON object on one line, for logs.
+  [[nodiscard]] std::string to_json() const {
+    std::ostringstream os;
+    os.precision(9);
+    os << "{\"step\":" << step << ",\"lr\":" << lr << ",\"fallback_lr\":" << fallback_lr
+       << ",\"grad_norm\":" << grad_norm << ",\"filtered_grad_norm\":" << filtered_grad_norm
+       << ",\"filter_ratio\":" << filter_ratio() << ",\"filter_delta_norm\":" << filter_delta_norm
+       << ",\"orthogonality_error\":" << orthogonality_error << ",\"clipped_heads\":" << constraint.clipped_heads
+       << ",\"max_head_value\":" << constraint.max_head_value << ",\"dual_iterations\":" << constraint.dual_iterations
+       << ",\"max_residual\":" << constraint.max_residual << ",\"skipped\":[";
+    for (std::size_t i = 0; i < skipped.size(); ++i) {
+      os << (i ? "," : "") << '"';
+      for (char c : skipped[i]) {
+        if (c == '"' || c == '\\') os << '\\';
+        if (static_cast<unsigned char>(c) < 0x20) {
+          os << ' ';
+          continue;
+        }
+        os << c;
+      }
+      os << '"';
+    }
+    os << "]}";
+    return os.str();
+  }
+};
+
 struct StepResult {
   std::uint64_t step = 0;  // steps taken so far, this one included
   std::span<const ParamId> skipped{};
   ConstraintStats constraint{};
+  const Telemetry* telemetry = nullptr;  // set when Options::telemetry is on; valid until the next step()
   [[nodiscard]] bool all_applied() const { return skipped.empty(); }
 };
 

@@ -4,10 +4,10 @@
 // views out of it with take(), from the start again for every parameter. That keeps workspace
 // at a few copies of the largest matrix, whatever the number of parameters.
 #include <algorithm>
-#include <cassert>
 #include <cstddef>
 
 #include "muon/backend/concept.hpp"
+#include "muon/core/error.hpp"
 
 namespace muon {
 
@@ -52,14 +52,14 @@ class Workspace {
 
   [[nodiscard]] backend::MatrixView<T> take(index_t batch, index_t rows, index_t cols) {
     const std::size_t n = WorkspaceNeed::rounded(static_cast<std::size_t>(batch * rows * cols));
-    assert(value_top_ + n <= values_.size() && "muon: workspace plan too small (a policy under-reported)");
+    if (value_top_ + n > values_.size()) overflow();
     backend::MatrixView<T> v{values_.data() + value_top_, batch, rows, cols};
     value_top_ += n;
     return v;
   }
   [[nodiscard]] A* take_accums(index_t n) {
     const std::size_t k = WorkspaceNeed::rounded(static_cast<std::size_t>(n));
-    assert(accum_top_ + k <= accums_.size() && "muon: workspace plan too small (a policy under-reported)");
+    if (accum_top_ + k > accums_.size()) overflow();
     A* p = accums_.data() + accum_top_;
     accum_top_ += k;
     return p;
@@ -68,6 +68,12 @@ class Workspace {
   [[nodiscard]] std::size_t bytes() const { return values_.size() * sizeof(T) + accums_.size() * sizeof(A); }
 
  private:
+  // A policy used more than its plan() reported: a bug in that policy, caught before it writes
+  // out of bounds (checked in every build; it is two comparisons per view).
+  [[noreturn]] static void overflow() {
+    detail::fail("workspace overflow: a policy took more workspace than its plan() reported");
+  }
+
   typename B::template Buffer<T> values_{};
   typename B::template Buffer<A> accums_{};
   std::size_t value_top_ = 0;
