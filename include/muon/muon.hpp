@@ -14,6 +14,7 @@
 #include "muon/core/tensor.hpp"
 
 #include "muon/policy/constraint/none.hpp"
+#include "muon/policy/constraint/qk_clip.hpp"
 #include "muon/policy/fallback/adamw.hpp"
 #include "muon/policy/fallback/lion.hpp"
 #include "muon/policy/fallback/sgd.hpp"

@@ -6,6 +6,7 @@
 // github.com/KellerJordan/Muon; the step is torch.optim.Muon's (see core/optimizer.hpp).
 #include "muon/core/optimizer.hpp"
 #include "muon/policy/constraint/none.hpp"
+#include "muon/policy/constraint/qk_clip.hpp"
 #include "muon/policy/fallback/adamw.hpp"
 #include "muon/policy/fallback/lion.hpp"
 #include "muon/policy/fallback/sgd.hpp"
@@ -28,5 +29,11 @@ using MuonSGD = Optimizer<B, policy::NoFilter, policy::ShapeRoleRouter, policy::
 template <class B>
 using MuonLion = Optimizer<B, policy::NoFilter, policy::ShapeRoleRouter, policy::NewtonSchulz, policy::NoConstraint,
                            policy::Lion>;
+
+// MuonClip (Kimi K2): Muon with per-head QK-Clip on the tensors registered as query / key
+// projections with heads (policy/constraint/qk_clip.hpp; logits reported by muon::set_max_logits).
+template <class B>
+using MuonClip = Optimizer<B, policy::NoFilter, policy::ShapeRoleRouter, policy::NewtonSchulz, policy::QKClip,
+                           policy::AdamW>;
 
 }  // namespace muon
