@@ -30,6 +30,7 @@
 #include "muon/optimizers/grokfast.hpp"
 #include "muon/optimizers/by_name.hpp"
 #include "muon/optimizers/muon.hpp"
+#include "muon/optimizers/presets.hpp"
 
 #if __has_include(<Eigen/Core>)
 #include "muon/backend/eigen.hpp"

@@ -7,10 +7,11 @@
 //   opt->step();
 //
 // Names: adamw, sgd, lion (one optimizer for every tensor), grokfast (Grokfast EMA + AdamW for
-// every tensor), muon, muon_sgd, muon_lion, muon_grokfast. Fields are the composition's Options,
+// every tensor), muon, muon_sgd, muon_lion, muon_grokfast, muon_clip, muon_grokfast_clip. Fields are the composition's Options,
 // dotted for the policies: lr, momentum, nesterov, weight_decay, lr_adjust, non_finite,
 // enable_filter, enable_muon, enable_constraint, router.min_dim, router.max_aspect_ratio,
 // orthogonalizer.steps / .eps / .eps_mode / .a / .b / .c, filter.alpha / .lamb (Grokfast),
+// constraint.mode / .tau / .max_head_norm / .alpha (QK-Clip),
 // fallback.lr / .beta1 / .beta2 / .eps / .weight_decay (AdamW), .momentum / .dampening /
 // .nesterov (SGD). For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
 // fields are accepted without the prefix too (lr=1e-3). An unknown name or field, or a value that does not parse, throws muon::Error
@@ -31,6 +32,8 @@
 #include "muon/core/optimizer.hpp"
 #include "muon/optimizers/grokfast.hpp"
 #include "muon/optimizers/muon.hpp"
+#include "muon/optimizers/presets.hpp"
+#include "muon/policy/constraint/qk_clip.hpp"
 #include "muon/policy/fallback/lion.hpp"
 #include "muon/policy/fallback/sgd.hpp"
 
@@ -188,6 +191,13 @@ inline void bind(Fields& f, policy::NewtonSchulz::Options& o) {
              {{"add", policy::EpsMode::add}, {"clamp", policy::EpsMode::clamp}});
 }
 inline void bind(Fields&, policy::NoConstraint::Options&) {}
+inline void bind(Fields& f, policy::QKClip::Options& o) {
+  f.add_enum("constraint.mode", o.mode,
+             {{"logit", policy::QKClipMode::logit}, {"weight_norm", policy::QKClipMode::weight_norm}});
+  f.add("constraint.tau", o.tau);
+  f.add("constraint.max_head_norm", o.max_head_norm);
+  f.add("constraint.alpha", o.alpha);
+}
 inline void bind(Fields& f, policy::AdamW::Options& o, const std::string& p = "fallback.") {
   f.add(p + "lr", o.lr);
   f.add(p + "beta1", o.beta1);
@@ -271,7 +281,8 @@ class Handle final : public AnyOptimizer<typename Opt::backend_type> {
 
 // The names make_optimizer accepts.
 [[nodiscard]] inline std::vector<std::string> optimizer_names() {
-  return {"adamw", "sgd", "lion", "grokfast", "muon", "muon_sgd", "muon_lion", "muon_grokfast"};
+  return {"adamw",    "sgd",       "lion",          "grokfast",  "muon",
+          "muon_sgd", "muon_lion", "muon_grokfast", "muon_clip", "muon_grokfast_clip"};
 }
 
 template <backend::Backend B>
@@ -294,6 +305,8 @@ template <backend::Backend B>
   if (name == "muon_sgd") return make.template operator()<MuonSGD<B>>(true);
   if (name == "muon_lion") return make.template operator()<MuonLion<B>>(true);
   if (name == "muon_grokfast") return make.template operator()<MuonGrokfast<B>>(true);
+  if (name == "muon_clip") return make.template operator()<MuonClip<B>>(true);
+  if (name == "muon_grokfast_clip") return make.template operator()<MuonGrokfastClip<B>>(true);
   std::string known;
   for (const auto& n : optimizer_names()) known += (known.empty() ? "" : ", ") + n;
   detail::fail("unknown optimizer '" + kind + "' (known: " + known + ")");
