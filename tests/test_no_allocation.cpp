@@ -88,6 +88,14 @@ TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation
     gb(0) = std::numeric_limits<T>::quiet_NaN();
     check_steps_allocate_nothing(opt);
   }
+  SECTION("NorMuon, telemetry, Grokfast filter and QK-Clip") {
+    muon::MuonGrokfastClip<muon::backend::Eigen<T>> opt(
+        {.normuon = true, .telemetry = true, .constraint = {.mode = muon::policy::QKClipMode::weight_norm, .max_head_norm = 1.0}});
+    opt.add("w1", w1, g1, {.role = muon::Role::query, .heads = 4});
+    opt.add("w2", w2, g2);
+    opt.add("b", b, gb, {.role = muon::Role::bias});
+    check_steps_allocate_nothing(opt);
+  }
   SECTION("Polar Express, SGD with momentum") {
     muon::Optimizer<muon::backend::Eigen<T>, muon::policy::NoFilter, muon::policy::ShapeRoleRouter,
                     muon::policy::PolarExpress, muon::policy::NoConstraint, muon::policy::SGD>

@@ -126,6 +126,12 @@ class Optimizer {
     bool nesterov = true;
     double weight_decay = 0.0;
     LrAdjust lr_adjust = LrAdjust::original;
+    // NorMuon: after orthogonalisation, divide each (logical) row by the root of an EMA of its
+    // mean squared entry, then rescale the update to its Frobenius norm before that step. Rows
+    // end up with comparable update sizes (a stable variant for small models).
+    bool normuon = false;
+    double normuon_beta2 = 0.95;
+    double normuon_eps = 1e-8;
     NonFinitePolicy non_finite = NonFinitePolicy::skip_parameter;
     // Ablation switches: one composition, stages turned off at run time (sweeps without
     // recompiling). enable_muon is read at registration (a tensor's path and state are fixed
@@ -495,6 +501,7 @@ class Optimizer {
     Buffer momentum;
     typename Filter::template State<B> filter;
     typename Constr::template State<B> constraint;
+    Buffer row_second_moment;  // NorMuon: batch x logical rows (empty when off)
   };
 
   struct FallbackSlot {
@@ -517,6 +524,7 @@ class Optimizer {
     if (e.path == Path::matrix) {
       MatrixSlot& s = matrix_slots_[e.slot];
       f(std::string("momentum"), s.momentum);
+      if (options_.normuon) f(std::string("normuon/row_second_moment"), s.row_second_moment);
       s.filter.visit(with_prefix("filter/"));
       s.constraint.visit(with_prefix("constraint/"));
     } else {
@@ -574,6 +582,69 @@ class Optimizer {
       default: return Shape{d[0], d[1], d[2], d[3], d[4], d[5]};
     }
   }
+
+  // ---- NorMuon (Options::normuon) ----
+  // Per-row mean squares through a GEMM with a ones vector (rows are physical columns when the
+  // storage is transposed), the EMA in state, then a per-element divide and a per-slice rescale.
+  void normalize_rows(MatrixSlot& s, backend::MatrixView<T> u) {
+    using A = typename B::accum_type;
+    const index_t lrows = s.transposed ? u.cols : u.rows, lcols = s.transposed ? u.rows : u.cols;
+    A* before = workspace_.take_accums(u.batch);
+    A* after = workspace_.take_accums(u.batch);
+    backend_.frobenius_norms(u, before);
+    auto sq = workspace_.take(u.batch, u.rows, u.cols);
+    backend_.transform(sq, Square{}, u);
+    const T inv = static_cast<T>(1.0 / static_cast<double>(lcols));
+    if (!s.transposed) {
+      auto means = workspace_.take(u.batch, u.rows, 1);
+      backend_.gemm(backend::Trans::no, backend::Trans::no, inv, sq, backend::MatrixView<const T>{ones_.data(), 1, u.cols, 1},
+                    T(0), means);
+      update_row_moment(s, means.flat());
+    } else {
+      auto means = workspace_.take(u.batch, 1, u.cols);
+      backend_.gemm(backend::Trans::no, backend::Trans::no, inv, backend::MatrixView<const T>{ones_.data(), 1, 1, u.rows},
+                    sq, T(0), means);
+      update_row_moment(s, means.flat());
+    }
+    backend_.transform_indexed(u,
+                               DivideByRowRms{s.row_second_moment.data(), u.rows, u.cols, lrows, s.transposed,
+                                              static_cast<T>(options_.normuon_eps)},
+                               u);
+    backend_.frobenius_norms(u, after);
+    backend_.transform_slices(u, RescaleTo{before, after}, u);
+  }
+  void update_row_moment(MatrixSlot& s, backend::MatrixView<const T> means) {
+    backend::MatrixView<T> v{s.row_second_moment.data(), 1, 1, means.size()};
+    backend_.transform(v, fn::Lerp<T>{static_cast<T>(1.0 - options_.normuon_beta2)}, v, means);
+  }
+  void grow_ones(index_t n) {
+    if (static_cast<std::size_t>(n) <= ones_.size()) return;
+    auto fresh = backend_.template allocate<T>(static_cast<std::size_t>(n));
+    backend_.copy_from_host(std::vector<T>(static_cast<std::size_t>(n), T(1)),
+                            backend::MatrixView<T>{fresh.data(), 1, 1, n});
+    ones_ = std::move(fresh);
+  }
+  struct Square {
+    MUON_HOST_DEVICE T operator()(T x) const { return x * x; }
+  };
+  struct DivideByRowRms {
+    const T* v;
+    index_t rows, cols, lrows;  // physical rows / cols of a slice; logical rows
+    bool transposed;
+    T eps;
+    MUON_HOST_DEVICE T operator()(index_t k, T x) const {
+      const index_t slice = k / (rows * cols), within = k % (rows * cols);
+      const index_t row = transposed ? within % cols : within / cols;
+      return x / (std::sqrt(v[slice * lrows + row]) + eps);
+    }
+  };
+  struct RescaleTo {
+    const typename B::accum_type* target;
+    const typename B::accum_type* current;
+    MUON_HOST_DEVICE T operator()(index_t s, T x) const {
+      return current[s] > 0 ? static_cast<T>(static_cast<double>(x) * (target[s] / current[s])) : x;
+    }
+  };
 
   // ---- telemetry (Options::telemetry) ----
   void telemetry_begin() {
@@ -638,6 +709,8 @@ class Optimizer {
     detail::require_non_negative("Optimizer", "lr", o.lr);
     detail::require_unit_interval("Optimizer", "momentum", o.momentum);
     detail::require_non_negative("Optimizer", "weight_decay", o.weight_decay);
+    detail::require_unit_interval("Optimizer", "normuon_beta2", o.normuon_beta2);
+    detail::require_positive("Optimizer", "normuon_eps", o.normuon_eps);
     return o;
   }
 
@@ -730,6 +803,11 @@ class Optimizer {
       WorkspaceNeed direction = constraint_.plan(backend_, orth_, info);
       direction.raise_to(orth_.plan(backend_, batch, prow, pcol));
       need.add(direction);
+      if (options_.normuon) {
+        // two norms per slice, the squares, the per-row means
+        need.add_accums(batch).add_accums(batch).add_matrix(batch, prow, pcol).add_matrix(batch, rows, 1);
+        grow_ones(std::max(prow, pcol));
+      }
       matrix_slots_.reserve(matrix_slots_.size() + 1);
       matrix_slots_.push_back(MatrixSlot{id,
                                          {p.data, batch, prow, pcol},
@@ -738,7 +816,8 @@ class Optimizer {
                                          adjusted_lr(1.0, options_.lr_adjust, rows, cols),
                                          backend_.template allocate<T>(static_cast<std::size_t>(n)),
                                          filter_.template make_state<B>(backend_, info),
-                                         constraint_.template make_state<B>(backend_, info)});
+                                         constraint_.template make_state<B>(backend_, info),
+                                         backend_.template allocate<T>(options_.normuon ? static_cast<std::size_t>(batch * rows) : 0)});
     } else {
       fallback_slots_.reserve(fallback_slots_.size() + 1);
       fallback_slots_.push_back(FallbackSlot{id,
@@ -810,6 +889,7 @@ class Optimizer {
     else
       orth_.apply(backend_, u, workspace_);
     if (options_.telemetry) telemetry_orthogonality(u);
+    if (options_.normuon) normalize_rows(s, u);
     backend_.transform(s.w,
                        detail::ApplyUpdate<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
                                               static_cast<T>(options_.lr * s.lr_factor)},
@@ -847,6 +927,7 @@ class Optimizer {
   std::vector<ParamId> skipped_;
   std::uint64_t steps_taken_ = 0;
   Telemetry telemetry_{};
+  Buffer ones_{};  // NorMuon's row / column sums (a GEMM with a ones vector)
   double grad_sq_ = 0, filtered_sq_ = 0, delta_sq_ = 0;
 };
 
