@@ -95,6 +95,24 @@ inline constexpr bool owns_storage_v = [] {
     return false;
 }();
 
+// What registration checks at compile time, shared by Optimizer::add and AnyOptimizer::add:
+// a temporary that owns its storage would dangle, the scalar must be the backend's, and the
+// parameter must be writable. Returns the parameter and gradient as TensorRefs.
+template <class T, TensorLike P, TensorLike G>
+std::pair<TensorRef<T>, TensorRef<const T>> registration_refs(P&& param, G&& grad) {
+  static_assert(!(std::is_rvalue_reference_v<P&&> && owns_storage_v<P>),
+                "muon::Optimizer::add: the parameter is a temporary that owns its storage; pass an lvalue");
+  static_assert(!(std::is_rvalue_reference_v<G&&> && owns_storage_v<G>),
+                "muon::Optimizer::add: the gradient is a temporary that owns its storage; pass an lvalue");
+  static_assert(std::is_same_v<tensor_scalar_t<P>, T> && std::is_same_v<tensor_scalar_t<G>, T>,
+                "muon::Optimizer::add: tensor scalar type must be the backend's value_type");
+  const auto p = as_tensor(param);
+  static_assert(!std::is_const_v<std::remove_pointer_t<decltype(p.data)>>,
+                "muon::Optimizer::add: the parameter must be writable (not const)");
+  const auto g = as_tensor(grad);
+  return {TensorRef<T>{p.data, p.shape, p.layout}, TensorRef<const T>{g.data, g.shape, g.layout}};
+}
+
 }  // namespace detail
 
 template <class B, class Filter, class RouterT, class Orth, class Constr, class Fb>
@@ -165,18 +183,8 @@ class Optimizer {
   // returns the first id: the tensor is updated once per step.
   template <TensorLike P, TensorLike G>
   ParamId add(std::string name, P&& param, G&& grad, ParamOptions options = {}) {
-    static_assert(!(std::is_rvalue_reference_v<P&&> && detail::owns_storage_v<P>),
-                  "muon::Optimizer::add: the parameter is a temporary that owns its storage; pass an lvalue");
-    static_assert(!(std::is_rvalue_reference_v<G&&> && detail::owns_storage_v<G>),
-                  "muon::Optimizer::add: the gradient is a temporary that owns its storage; pass an lvalue");
-    static_assert(std::is_same_v<tensor_scalar_t<P>, value_type> && std::is_same_v<tensor_scalar_t<G>, value_type>,
-                  "muon::Optimizer::add: tensor scalar type must be the backend's value_type");
-    const auto p = as_tensor(param);
-    static_assert(!std::is_const_v<std::remove_pointer_t<decltype(p.data)>>,
-                  "muon::Optimizer::add: the parameter must be writable (not const)");
-    const auto g = as_tensor(grad);
-    return add_ref(std::move(name), TensorRef<value_type>{p.data, p.shape, p.layout},
-                   TensorRef<const value_type>{g.data, g.shape, g.layout}, options);
+    auto [p, g] = detail::registration_refs<value_type>(std::forward<P>(param), std::forward<G>(grad));
+    return add_ref(std::move(name), p, g, options);
   }
 
   StepResult step() {

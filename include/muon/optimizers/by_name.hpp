@@ -73,16 +73,8 @@ class AnyOptimizer {
 
   template <TensorLike P, TensorLike G>
   ParamId add(std::string name, P&& param, G&& grad, ParamOptions options = {}) {
-    static_assert(!(std::is_rvalue_reference_v<P&&> && detail::owns_storage_v<P>),
-                  "muon::AnyOptimizer::add: the parameter is a temporary that owns its storage; pass an lvalue");
-    static_assert(std::is_same_v<tensor_scalar_t<P>, value_type> && std::is_same_v<tensor_scalar_t<G>, value_type>,
-                  "muon::AnyOptimizer::add: tensor scalar type must be the backend's value_type");
-    const auto p = as_tensor(param);
-    static_assert(!std::is_const_v<std::remove_pointer_t<decltype(p.data)>>,
-                  "muon::AnyOptimizer::add: the parameter must be writable (not const)");
-    const auto g = as_tensor(grad);
-    return add_tensor(std::move(name), TensorRef<value_type>{p.data, p.shape, p.layout},
-                      TensorRef<const value_type>{g.data, g.shape, g.layout}, options);
+    auto [p, g] = detail::registration_refs<value_type>(std::forward<P>(param), std::forward<G>(grad));
+    return add_tensor(std::move(name), p, g, options);
   }
 
   virtual ParamId add_tensor(std::string name, TensorRef<value_type> param, TensorRef<const value_type> grad,
