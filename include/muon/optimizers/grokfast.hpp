@@ -1,11 +1,14 @@
 #pragma once
 // Grokfast compositions: the Grokfast EMA filter (slow-gradient amplification) in front of
 //   Grokfast<B>      AdamW for every tensor (the official Grokfast + AdamW setup);
-//   MuonGrokfast<B>  Muon for matrices, AdamW for the rest.
+//   MuonGrokfast<B>  Muon for matrices, AdamW for the rest;
+//   MuonGrokfastClip<B>  MuonGrokfast with per-head QK-Clip on tensors registered as query / key
+//                    with heads (the full MuonGrokfast system; presets in optimizers/presets.hpp).
 // Lee et al., "Grokfast: Accelerated Grokking by Amplifying Slow Gradients" (arXiv:2405.20233).
 // For the moving-average filter, name policy::GrokfastMA in your own alias.
 #include "muon/core/optimizer.hpp"
 #include "muon/policy/constraint/none.hpp"
+#include "muon/policy/constraint/qk_clip.hpp"
 #include "muon/policy/fallback/adamw.hpp"
 #include "muon/policy/filter/grokfast_ema.hpp"
 #include "muon/policy/orthogonalizer/newton_schulz.hpp"
@@ -21,5 +24,9 @@ using Grokfast = Optimizer<B, policy::GrokfastEMA, policy::FallbackOnlyRouter, p
 template <class B>
 using MuonGrokfast = Optimizer<B, policy::GrokfastEMA, policy::ShapeRoleRouter, policy::NewtonSchulz,
                                policy::NoConstraint, policy::AdamW>;
+
+template <class B>
+using MuonGrokfastClip = Optimizer<B, policy::GrokfastEMA, policy::ShapeRoleRouter, policy::NewtonSchulz,
+                                   policy::QKClip, policy::AdamW>;
 
 }  // namespace muon

@@ -1,8 +1,5 @@
 #pragma once
-// MuonGrokfastClip and the phase presets of the MuonGrokfast guide.
-//
-// MuonGrokfastClip<B>: Grokfast EMA in front, Muon for matrices, per-head QK-Clip on tensors
-// registered as query / key (with heads), AdamW for the rest.
+// The phase presets of the MuonGrokfast guide, for MuonGrokfastClip<B> (optimizers/grokfast.hpp).
 //
 // A preset is a starting point: a full Options value (override any field afterwards) plus the
 // metadata the guide attaches to the phase. Values (the guide's MuGrokConfig defaults, then each
@@ -23,6 +20,7 @@
 
 #include "muon/core/error.hpp"
 #include "muon/core/optimizer.hpp"
+#include "muon/optimizers/grokfast.hpp"
 #include "muon/policy/constraint/qk_clip.hpp"
 #include "muon/policy/fallback/adamw.hpp"
 #include "muon/policy/filter/grokfast_ema.hpp"
@@ -30,10 +28,6 @@
 #include "muon/policy/router/shape_role.hpp"
 
 namespace muon {
-
-template <class B>
-using MuonGrokfastClip = Optimizer<B, policy::GrokfastEMA, policy::ShapeRoleRouter, policy::NewtonSchulz,
-                                   policy::QKClip, policy::AdamW>;
 
 struct PresetMetadata {
   std::string_view name;
