@@ -55,6 +55,7 @@ TEST_CASE("NorMuon matches its written-out rule", "[normuon]") {
     }
     CHECK((w - expected).cwiseAbs().maxCoeff() < 1e-12);
     CHECK(opt.state_snapshot().at("w/normuon/row_second_moment").size() == 12);
+    CHECK(opt.memory_report().matrix_state_bytes == (12 * 20 + 12) * sizeof(double));
   }
   SECTION("column-major storage (logical rows are physical columns)") {
     Eigen::MatrixXd w = w0, g(12, 20);

@@ -227,7 +227,7 @@ class Optimizer {
   [[nodiscard]] MemoryReport memory_report() {
     MemoryReport m;
     for (auto& s : matrix_slots_) {
-      m.matrix_state_bytes += s.momentum.size() * sizeof(value_type) + bytes_of(s.constraint);
+      m.matrix_state_bytes += (s.momentum.size() + s.row_second_moment.size()) * sizeof(value_type) + bytes_of(s.constraint);
       m.filter_state_bytes += bytes_of(s.filter);
     }
     for (auto& s : fallback_slots_) {
