@@ -51,7 +51,7 @@ TEST_CASE("telemetry: gradient norms, filter amplification, orthogonality, skipp
   CHECK(json.at("skipped") == nlohmann::json::array({"b"}));
   CHECK(json.at("grad_norm").get<double>() == Approx(g.norm()).epsilon(1e-6));  // only "w" was updated
   for (const char* key : {"lr", "fallback_lr", "filtered_grad_norm", "filter_ratio", "filter_delta_norm",
-                          "orthogonality_error", "clipped_heads", "max_head_value", "dual_iterations", "max_residual"})
+                          "orthogonality_error", "clipped_heads", "max_head_value", "dual_iterations", "max_residual", "max_stiefel_error", "max_sphere_error"})
     CHECK(json.contains(key));
 }
 

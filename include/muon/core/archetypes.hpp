@@ -116,8 +116,8 @@ struct Constraint {
   template <class B, class O>
   void direction(B&, State<B>&, O&, const MatrixParam<typename B::value_type>&, backend::MatrixView<typename B::value_type>,
                  Workspace<B>&) {}
-  template <class B>
-  void retract(B&, State<B>&, const MatrixParam<typename B::value_type>&, Workspace<B>&) {}
+  template <class B, class O>
+  void retract(B&, State<B>&, O&, const MatrixParam<typename B::value_type>&, Workspace<B>&) {}
   Options options_{};
 };
 static_assert(muon::Constraint<Constraint, Backend, Orthogonalizer>, "muon::archetype::Constraint must satisfy muon::Constraint");

@@ -18,11 +18,16 @@ namespace muon {
 // What a Constraint sees of the parameter it acts on. `w` is the physical (row-major) storage;
 // when `transposed` is true it holds the transpose of the logical matrix (a column-major Eigen
 // matrix), so a constraint that acts on logical rows acts on physical columns.
+//
+// `lr` is the step size the apply multiplies the direction by (the matrix lr, times the shape
+// and modular factors and the schedule): W <- W (1 - lr wd) - param.lr O. Constraints whose
+// retraction depends on it (the hypersphere's 1 / sqrt(1 + lr^2)) read it here.
 template <class T>
 struct MatrixParam {
   backend::MatrixView<T> w;
   bool transposed = false;
   const ParamInfo* info = nullptr;
+  double lr = 0;
 };
 
 namespace detail {
@@ -77,7 +82,8 @@ concept Orthogonalizer =
 // 4. Constraint: owns the matrix path after momentum.
 //    direction(): turns the momentum update u (in workspace, physical layout) into the step
 //      direction in place; the unconstrained choice is orth(u).
-//    retract(): runs after W <- W (1 - lr wd) - lr_eff O, to bring W back to its constraint set.
+//    retract(): runs after W <- W (1 - lr wd) - lr_eff O, to bring W back to its constraint set
+//      (it gets the orthogonalizer too: the Stiefel retraction is W <- msign(W)).
 template <class C, class B, class O>
 concept Constraint =
     backend::Backend<B> && Orthogonalizer<O, B> && ConstructibleFromOptions<C> && PolicyState<typename C::template State<B>> &&
@@ -89,7 +95,7 @@ concept Constraint =
       { c.template make_state<B>(b, info) } -> std::same_as<typename C::template State<B>>;
       { cc.plan(b, orth, info) } -> std::same_as<WorkspaceNeed>;
       c.direction(b, s, orth, p, u, ws);
-      c.retract(b, s, p, ws);
+      c.retract(b, s, orth, p, ws);
     };
 
 // 5. Fallback: the whole update of a parameter the router did not send to the matrix path.

@@ -891,7 +891,8 @@ class Optimizer {
       backend_.transform(u, fn::Lerp<T>{beta}, g, m);
     else
       backend_.transform(u, fn::Copy{}, m);
-    const MatrixParam<T> param{s.w, s.transposed, &entries_[s.id].info};
+    const double step_size = options_.lr * s.lr_factor;
+    const MatrixParam<T> param{s.w, s.transposed, &entries_[s.id].info, step_size};
     if (options_.enable_constraint)
       constraint_.direction(backend_, s.constraint, orth_, param, u, workspace_);
     else
@@ -900,10 +901,10 @@ class Optimizer {
     if (options_.normuon) normalize_rows(s, u);
     backend_.transform(s.w,
                        detail::ApplyUpdate<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
-                                              static_cast<T>(options_.lr * s.lr_factor)},
+                                              static_cast<T>(step_size)},
                        s.w, u);
     if (!options_.enable_constraint) return;
-    constraint_.retract(backend_, s.constraint, param, workspace_);
+    constraint_.retract(backend_, s.constraint, orth_, param, workspace_);
     // Optional: a constraint that reports adds its numbers to the step result.
     if constexpr (requires { constraint_.report(s.constraint, stats); }) constraint_.report(s.constraint, stats);
   }

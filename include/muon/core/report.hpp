@@ -109,8 +109,10 @@ using ParamId = std::size_t;
 struct ConstraintStats {
   std::size_t clipped_heads = 0;  // QK-Clip: heads rescaled this step
   double max_head_value = 0;      // QK-Clip: largest max-logit (logit mode) or head norm (weight mode) seen
-  std::size_t dual_iterations = 0;  // manifold constraints: dual-ascent iterations used
-  double max_residual = 0;          // manifold constraints: largest tangent / constraint residual
+  std::size_t dual_iterations = 0;  // Stiefel: dual-ascent iterations used, summed over tensors (slices)
+  double max_residual = 0;          // Stiefel: largest tangent residual ||W^T A + A^T W||_F / sqrt(numel) of a direction
+  double max_stiefel_error = 0;     // Stiefel: largest ||W^T W - I||_F after the step (W tall; W W^T for wide)
+  double max_sphere_error = 0;      // Hypersphere: largest | ||w|| - 1 | over constrained rows after the step
 };
 
 // Opt-in numbers about one step (Options::telemetry). Norms are over all tensors that were
@@ -137,7 +139,8 @@ struct Telemetry {
        << ",\"filter_ratio\":" << filter_ratio() << ",\"filter_delta_norm\":" << filter_delta_norm
        << ",\"orthogonality_error\":" << orthogonality_error << ",\"clipped_heads\":" << constraint.clipped_heads
        << ",\"max_head_value\":" << constraint.max_head_value << ",\"dual_iterations\":" << constraint.dual_iterations
-       << ",\"max_residual\":" << constraint.max_residual << ",\"skipped\":[";
+       << ",\"max_residual\":" << constraint.max_residual << ",\"max_stiefel_error\":" << constraint.max_stiefel_error
+       << ",\"max_sphere_error\":" << constraint.max_sphere_error << ",\"skipped\":[";
     for (std::size_t i = 0; i < skipped.size(); ++i) {
       os << (i ? "," : "") << '"';
       for (char c : skipped[i]) {

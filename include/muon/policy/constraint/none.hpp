@@ -37,8 +37,8 @@ class NoConstraint {
     orth.apply(b, u, ws);
   }
 
-  template <class B>
-  void retract(B&, State<B>&, const MatrixParam<typename B::value_type>&, Workspace<B>&) {}
+  template <class B, class O>
+  void retract(B&, State<B>&, O&, const MatrixParam<typename B::value_type>&, Workspace<B>&) {}
 
  private:
   Options options_{};

@@ -206,8 +206,8 @@ class QKClip {
     orth.apply(b, u, ws);
   }
 
-  template <class B>
-  void retract(B& b, State<B>& s, const MatrixParam<typename B::value_type>& p, Workspace<B>& ws) {
+  template <class B, class O>
+  void retract(B& b, State<B>& s, O&, const MatrixParam<typename B::value_type>& p, Workspace<B>& ws) {
     s.clipped_.clear();
     s.seen_ = false;
     s.step_max_ = 0;
