@@ -13,8 +13,10 @@
 //   u64 FNV-1a 64 of every byte before it
 // (str = u32 length + bytes.) The checksum catches truncation and corruption; every read is
 // bounds-checked as well, so a damaged file gets an Error, never undefined behaviour.
+#include <array>
 #include <bit>
 #include <cstdint>
+#include <map>
 #include <cstring>
 #include <istream>
 #include <iterator>
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "muon/core/error.hpp"
+#include "muon/core/tensor.hpp"
 
 namespace muon::detail {
 
@@ -144,5 +147,101 @@ class CheckpointReader {
   std::size_t pos_ = 0;
   std::size_t end_ = 0;
 };
+
+// ---- A parsed checkpoint, checked for format errors but not yet matched to an optimizer ----
+
+struct CheckpointItem {
+  bool counter = false;
+  std::uint64_t value = 0;        // counter value, or element count of a buffer
+  std::size_t element_size = 0;   // buffer element bytes
+  std::size_t at = 0;             // where a buffer's elements start in the reader
+};
+
+struct CheckpointTensor {
+  std::uint8_t path = 0;  // muon::Path as stored
+  Shape shape{};
+  std::size_t params_at = 0;  // where the parameter values start (has_parameters)
+  std::map<std::string, CheckpointItem> items;
+  bool matched = false;  // set while matching against registered tensors
+};
+
+struct CheckpointContents {
+  CheckpointReader reader;  // holds the bytes the offsets above point into
+  std::uint64_t steps = 0;
+  double lr = 0, fallback_lr = 0;
+  bool has_parameters = false;
+  std::map<std::string, CheckpointTensor> tensors;
+};
+
+inline Shape make_shape(const std::array<index_t, Shape::max_rank>& d, std::size_t rank) {
+  switch (rank) {
+    case 0: return Shape{};
+    case 1: return Shape{d[0]};
+    case 2: return Shape{d[0], d[1]};
+    case 3: return Shape{d[0], d[1], d[2]};
+    case 4: return Shape{d[0], d[1], d[2], d[3]};
+    case 5: return Shape{d[0], d[1], d[2], d[3], d[4]};
+    default: return Shape{d[0], d[1], d[2], d[3], d[4], d[5]};
+  }
+}
+
+// Reads and checks a whole checkpoint (format, checksum, bounds, value size) into memory.
+// Throws muon::Error on anything malformed; touches no optimizer.
+inline CheckpointContents read_checkpoint(std::istream& is, std::size_t value_size) {
+  CheckpointContents c{CheckpointReader(is), 0, 0, 0, false, {}};
+  CheckpointReader& r = c.reader;
+  const auto saved_value_size = r.get<std::uint32_t>();
+  if (saved_value_size != value_size)
+    fail("checkpoint: state is " + std::to_string(8 * saved_value_size) + "-bit floating point, this optimizer's is " +
+         std::to_string(8 * value_size) + "-bit");
+  c.steps = r.get<std::uint64_t>();
+  c.lr = r.get<double>();
+  (void)r.get<double>();         // momentum (informational)
+  (void)r.get<std::uint8_t>();   // nesterov
+  (void)r.get<double>();         // weight_decay
+  (void)r.get<std::uint32_t>();  // lr_adjust
+  c.fallback_lr = r.get<double>();
+  if (!(c.lr >= 0) || !(c.fallback_lr >= 0)) fail("checkpoint: a stored learning rate is negative or NaN");
+  c.has_parameters = r.get<std::uint8_t>() != 0;
+  const auto count = r.get<std::uint64_t>();
+  for (std::uint64_t i = 0; i < count; ++i) {
+    std::string name = r.get_string();
+    CheckpointTensor t;
+    t.path = r.get<std::uint8_t>();
+    if (t.path > 1) fail("checkpoint: tensor '" + name + "' has an invalid path code");
+    const auto rank = r.get<std::uint32_t>();
+    if (rank > Shape::max_rank) fail("checkpoint: tensor '" + name + "' has rank " + std::to_string(rank));
+    std::array<index_t, Shape::max_rank> dims{};
+    for (std::uint32_t d = 0; d < rank; ++d) dims[d] = static_cast<index_t>(r.get<std::int64_t>());
+    t.shape = make_shape(dims, rank);
+    if (c.has_parameters) {
+      const auto n = r.get<std::uint64_t>();
+      if (n != static_cast<std::uint64_t>(t.shape.numel()))
+        fail("checkpoint: tensor '" + name + "' stores " + std::to_string(n) + " values for shape " +
+             t.shape.to_string());
+      t.params_at = r.skip_array(n, value_size);
+    }
+    const auto items = r.get<std::uint32_t>();
+    for (std::uint32_t k = 0; k < items; ++k) {
+      std::string key = r.get_string();
+      CheckpointItem item;
+      const auto kind = r.get<std::uint8_t>();
+      if (kind == 1) {
+        item.counter = true;
+        item.value = r.get<std::uint64_t>();
+      } else if (kind == 0) {
+        item.element_size = r.get<std::uint8_t>();
+        item.value = r.get<std::uint64_t>();
+        item.at = r.skip_array(item.value, item.element_size);
+      } else {
+        fail("checkpoint: tensor '" + name + "', state '" + key + "' has an invalid kind");
+      }
+      t.items.emplace(std::move(key), item);
+    }
+    if (!c.tensors.emplace(name, std::move(t)).second) fail("checkpoint: tensor '" + name + "' appears twice");
+  }
+  if (!r.at_end()) fail("checkpoint: unexpected bytes after the last tensor");
+  return c;
+}
 
 }  // namespace muon::detail

@@ -35,8 +35,10 @@
 #include "muon/core/concepts.hpp"
 #include "muon/core/error.hpp"
 #include "muon/core/functors.hpp"
+#include "muon/core/normuon.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/report.hpp"
+#include "muon/core/telemetry.hpp"
 #include "muon/core/tensor.hpp"
 #include "muon/core/validate.hpp"
 #include "muon/core/workspace.hpp"
@@ -197,7 +199,7 @@ class Optimizer {
       for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
     }
     ConstraintStats stats{};
-    if (options_.telemetry) telemetry_begin();
+    if (options_.telemetry) telemetry_.begin(options_.lr, fallback_.lr());
     if (!skip_all) {
       for (auto& slot : matrix_slots_)
         if (!bad_[slot.id]) step_matrix(slot, stats);
@@ -207,10 +209,8 @@ class Optimizer {
     ++steps_taken_;
     const Telemetry* telemetry = nullptr;
     if (options_.telemetry) {
-      telemetry_.step = steps_taken_;
-      telemetry_.constraint = stats;
-      for (ParamId i : skipped_) telemetry_.skipped.push_back(entries_[i].info.name);
-      telemetry = &telemetry_;
+      for (ParamId i : skipped_) telemetry_.add_skipped(entries_[i].info.name);
+      telemetry = telemetry_.finish(steps_taken_, stats);
     }
     return {steps_taken_, std::span<const ParamId>(skipped_), stats, telemetry};
   }
@@ -349,95 +349,29 @@ class Optimizer {
   // optimizer (and the parameters) stay exactly as they were. Restores the step count and both
   // learning rates (a schedule's current values); other hyperparameters stay as constructed.
   void load(std::istream& is) {
-    detail::CheckpointReader r(is);
-    const auto value_size = r.get<std::uint32_t>();
-    if (value_size != sizeof(T))
-      detail::fail("checkpoint: state is " + std::to_string(8 * value_size) + "-bit floating point, this optimizer's is " +
-                   std::to_string(8 * sizeof(T)) + "-bit");
-    const auto steps = r.get<std::uint64_t>();
-    const auto lr = r.get<double>();
-    (void)r.get<double>();        // momentum (informational)
-    (void)r.get<std::uint8_t>();  // nesterov
-    (void)r.get<double>();        // weight_decay
-    (void)r.get<std::uint32_t>(); // lr_adjust
-    const auto fallback_lr = r.get<double>();
-    detail::require_non_negative("checkpoint", "lr", lr);
-    detail::require_non_negative("checkpoint", "fallback lr", fallback_lr);
-    const bool has_parameters = r.get<std::uint8_t>() != 0;
-    const auto count = r.get<std::uint64_t>();
-
-    struct Item {
-      bool counter = false;
-      std::uint64_t value = 0;  // counter value, or element count
-      std::size_t element_size = 0;
-      std::size_t at = 0;  // where a buffer's elements start
-    };
-    struct Staged {
-      Path path{};
-      Shape shape{};
-      std::size_t params_at = 0;
-      std::map<std::string, Item> items;
-      bool matched = false;
-    };
-    std::map<std::string, Staged> staged;
-    for (std::uint64_t i = 0; i < count; ++i) {
-      std::string name = r.get_string();
-      Staged st;
-      const auto path = r.get<std::uint8_t>();
-      if (path > 1) detail::fail("checkpoint: tensor '" + name + "' has an invalid path code");
-      st.path = static_cast<Path>(path);
-      const auto rank = r.get<std::uint32_t>();
-      if (rank > Shape::max_rank) detail::fail("checkpoint: tensor '" + name + "' has rank " + std::to_string(rank));
-      std::array<index_t, Shape::max_rank> dims{};
-      for (std::uint32_t d = 0; d < rank; ++d) dims[d] = static_cast<index_t>(r.get<std::int64_t>());
-      st.shape = make_shape(dims, rank);
-      if (has_parameters) {
-        const auto n = r.get<std::uint64_t>();
-        if (n != static_cast<std::uint64_t>(st.shape.numel()))
-          detail::fail("checkpoint: tensor '" + name + "' stores " + std::to_string(n) + " values for shape " +
-                       st.shape.to_string());
-        st.params_at = r.skip_array(n, sizeof(T));
-      }
-      const auto items = r.get<std::uint32_t>();
-      for (std::uint32_t k = 0; k < items; ++k) {
-        std::string key = r.get_string();
-        Item item;
-        const auto kind = r.get<std::uint8_t>();
-        if (kind == 1) {
-          item.counter = true;
-          item.value = r.get<std::uint64_t>();
-        } else if (kind == 0) {
-          item.element_size = r.get<std::uint8_t>();
-          item.value = r.get<std::uint64_t>();
-          item.at = r.skip_array(item.value, item.element_size);
-        } else {
-          detail::fail("checkpoint: tensor '" + name + "', state '" + key + "' has an invalid kind");
-        }
-        st.items.emplace(std::move(key), item);
-      }
-      if (!staged.emplace(name, std::move(st)).second) detail::fail("checkpoint: tensor '" + name + "' appears twice");
-    }
-    if (!r.at_end()) detail::fail("checkpoint: unexpected bytes after the last tensor");
+    detail::CheckpointContents c = detail::read_checkpoint(is, sizeof(T));
+    auto& staged = c.tensors;
+    const bool has_parameters = c.has_parameters;
 
     // ---- match against what is registered (no change yet) ----
     for (ParamId id = 0; id < entries_.size(); ++id) {
       const Entry& e = entries_[id];
       auto it = staged.find(e.info.name);
       if (it == staged.end()) detail::fail_param(e.info.name, "missing from the checkpoint");
-      Staged& st = it->second;
+      detail::CheckpointTensor& st = it->second;
       st.matched = true;
       if (!(st.shape == e.info.shape))
         detail::fail_param(e.info.name, "checkpoint shape " + st.shape.to_string() + " differs from the registered " +
                                             e.info.shape.to_string());
-      if (st.path != e.path)
-        detail::fail_param(e.info.name, "saved on the " + std::string(to_string(st.path)) + " path, registered on the " +
+      if (static_cast<Path>(st.path) != e.path)
+        detail::fail_param(e.info.name, "saved on the " + std::string(to_string(static_cast<Path>(st.path))) + " path, registered on the " +
                                             std::string(to_string(e.path)) + " path");
       std::size_t expected_items = 0;
       for_each_state_of(id, [&](const std::string& key, auto& item) {
         ++expected_items;
         auto found = st.items.find(key);
         if (found == st.items.end()) detail::fail_param(e.info.name, "state '" + key + "' is missing from the checkpoint");
-        const Item& saved = found->second;
+        const detail::CheckpointItem& saved = found->second;
         if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
           if (!saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a counter here, a buffer in the checkpoint");
         } else {
@@ -461,27 +395,27 @@ class Optimizer {
     // ---- commit: nothing below can fail ----
     for (ParamId id = 0; id < entries_.size(); ++id) {
       const Entry& e = entries_[id];
-      const Staged& st = staged.at(e.info.name);
+      const detail::CheckpointTensor& st = staged.at(e.info.name);
       if (has_parameters) {
         std::vector<T> values(static_cast<std::size_t>(e.info.shape.numel()));
-        r.read_array(st.params_at, values.data(), values.size());
+        c.reader.read_array(st.params_at, values.data(), values.size());
         upload_param(id, values);
       }
       for_each_state_of(id, [&](const std::string& key, auto& item) {
-        const Item& saved = st.items.at(key);
+        const detail::CheckpointItem& saved = st.items.at(key);
         if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
           item = static_cast<std::remove_cvref_t<decltype(item)>>(saved.value);
         } else {
           using U = std::remove_cvref_t<decltype(*item.data())>;
           std::vector<U> host(item.size());
-          r.read_array(saved.at, host.data(), host.size());
+          c.reader.read_array(saved.at, host.data(), host.size());
           upload(item, host);
         }
       });
     }
-    steps_taken_ = steps;
-    options_.lr = lr;
-    fallback_.set_lr(fallback_lr);
+    steps_taken_ = c.steps;
+    options_.lr = c.lr;
+    fallback_.set_lr(c.fallback_lr);
     backend_.synchronize();
   }
 
@@ -579,140 +513,6 @@ class Optimizer {
   }
   void upload_param(ParamId id, const std::vector<T>& host) { backend_.copy_from_host(host, param_view(id)); }
 
-  static Shape make_shape(const std::array<index_t, Shape::max_rank>& d, std::size_t rank) {
-    switch (rank) {
-      case 0: return Shape{};
-      case 1: return Shape{d[0]};
-      case 2: return Shape{d[0], d[1]};
-      case 3: return Shape{d[0], d[1], d[2]};
-      case 4: return Shape{d[0], d[1], d[2], d[3]};
-      case 5: return Shape{d[0], d[1], d[2], d[3], d[4]};
-      default: return Shape{d[0], d[1], d[2], d[3], d[4], d[5]};
-    }
-  }
-
-  // ---- NorMuon (Options::normuon) ----
-  // Per-row mean squares through a GEMM with a ones vector (rows are physical columns when the
-  // storage is transposed), the EMA in state, then a per-element divide and a per-slice rescale.
-  void normalize_rows(MatrixSlot& s, backend::MatrixView<T> u) {
-    using A = typename B::accum_type;
-    const index_t lrows = s.transposed ? u.cols : u.rows, lcols = s.transposed ? u.rows : u.cols;
-    A* before = workspace_.take_accums(u.batch);
-    A* after = workspace_.take_accums(u.batch);
-    backend_.frobenius_norms(u, before);
-    auto sq = workspace_.take(u.batch, u.rows, u.cols);
-    backend_.transform(sq, Square{}, u);
-    const T inv = static_cast<T>(1.0 / static_cast<double>(lcols));
-    if (!s.transposed) {
-      auto means = workspace_.take(u.batch, u.rows, 1);
-      backend_.gemm(backend::Trans::no, backend::Trans::no, inv, sq, backend::MatrixView<const T>{ones_.data(), 1, u.cols, 1},
-                    T(0), means);
-      update_row_moment(s, means.flat());
-    } else {
-      auto means = workspace_.take(u.batch, 1, u.cols);
-      backend_.gemm(backend::Trans::no, backend::Trans::no, inv, backend::MatrixView<const T>{ones_.data(), 1, 1, u.rows},
-                    sq, T(0), means);
-      update_row_moment(s, means.flat());
-    }
-    backend_.transform_indexed(u,
-                               DivideByRowRms{s.row_second_moment.data(), u.rows, u.cols, lrows, s.transposed,
-                                              static_cast<T>(options_.normuon_eps)},
-                               u);
-    backend_.frobenius_norms(u, after);
-    backend_.transform_slices(u, RescaleTo{before, after}, u);
-  }
-  void update_row_moment(MatrixSlot& s, backend::MatrixView<const T> means) {
-    backend::MatrixView<T> v{s.row_second_moment.data(), 1, 1, means.size()};
-    backend_.transform(v, fn::Lerp<T>{static_cast<T>(1.0 - options_.normuon_beta2)}, v, means);
-  }
-  void grow_ones(index_t n) {
-    if (static_cast<std::size_t>(n) <= ones_.size()) return;
-    auto fresh = backend_.template allocate<T>(static_cast<std::size_t>(n));
-    backend_.copy_from_host(std::vector<T>(static_cast<std::size_t>(n), T(1)),
-                            backend::MatrixView<T>{fresh.data(), 1, 1, n});
-    ones_ = std::move(fresh);
-  }
-  struct Square {
-    MUON_HOST_DEVICE T operator()(T x) const { return x * x; }
-  };
-  struct DivideByRowRms {
-    const T* v;
-    index_t rows, cols, lrows;  // physical rows / cols of a slice; logical rows
-    bool transposed;
-    T eps;
-    MUON_HOST_DEVICE T operator()(index_t k, T x) const {
-      const index_t slice = k / (rows * cols), within = k % (rows * cols);
-      const index_t row = transposed ? within % cols : within / cols;
-      return x / (std::sqrt(v[slice * lrows + row]) + eps);
-    }
-  };
-  struct RescaleTo {
-    const typename B::accum_type* target;
-    const typename B::accum_type* current;
-    MUON_HOST_DEVICE T operator()(index_t s, T x) const {
-      return current[s] > 0 ? static_cast<T>(static_cast<double>(x) * (target[s] / current[s])) : x;
-    }
-  };
-
-  // ---- telemetry (Options::telemetry) ----
-  void telemetry_begin() {
-    const std::uint64_t step = telemetry_.step;
-    std::vector<std::string> names = std::move(telemetry_.skipped);
-    names.clear();
-    telemetry_ = Telemetry{};
-    telemetry_.step = step;
-    telemetry_.skipped = std::move(names);
-    telemetry_.lr = options_.lr;
-    telemetry_.fallback_lr = fallback_.lr();
-    grad_sq_ = filtered_sq_ = delta_sq_ = 0;
-  }
-  void telemetry_finish_norms() {
-    telemetry_.grad_norm = std::sqrt(grad_sq_);
-    telemetry_.filtered_grad_norm = std::sqrt(filtered_sq_);
-    telemetry_.filter_delta_norm = std::sqrt(delta_sq_);
-  }
-  void telemetry_gradients(backend::MatrixView<const T> raw, backend::MatrixView<const T> filtered) {
-    using A = typename B::accum_type;
-    A* acc = workspace_.take_accums(3);
-    auto diff = workspace_.take(1, 1, raw.size());
-    backend_.frobenius_norms(raw.flat(), acc);
-    backend_.frobenius_norms(filtered.flat(), acc + 1);
-    backend_.transform(diff, Difference{}, filtered.flat(), raw.flat());
-    backend_.frobenius_norms(diff, acc + 2);
-    std::array<A, 3> host{};
-    backend_.read(acc, host);
-    grad_sq_ += static_cast<double>(host[0]) * static_cast<double>(host[0]);
-    filtered_sq_ += static_cast<double>(host[1]) * static_cast<double>(host[1]);
-    delta_sq_ += static_cast<double>(host[2]) * static_cast<double>(host[2]);
-    telemetry_finish_norms();
-  }
-  // ||O O^T - I||_F / sqrt(n) per slice (O^T O for a tall slice), the worst kept.
-  void telemetry_orthogonality(backend::MatrixView<const T> o) {
-    using A = typename B::accum_type;
-    const index_t n = std::min(o.rows, o.cols);
-    auto gram = workspace_.take(o.batch, n, n);
-    if (o.rows <= o.cols)
-      backend_.gemm(backend::Trans::no, backend::Trans::yes, T(1), o, o, T(0), gram);
-    else
-      backend_.gemm(backend::Trans::yes, backend::Trans::no, T(1), o, o, T(0), gram);
-    backend_.transform_indexed(gram, MinusIdentity{n}, gram);
-    A* acc = workspace_.take_accums(o.batch);
-    backend_.frobenius_norms(gram, acc);
-    for (index_t k = 0; k < o.batch; ++k) {
-      A value{};
-      backend_.read(acc + k, std::span<A>(&value, 1));
-      telemetry_.orthogonality_error =
-          std::max(telemetry_.orthogonality_error, static_cast<double>(value) / std::sqrt(static_cast<double>(n)));
-    }
-  }
-  struct Difference {
-    MUON_HOST_DEVICE T operator()(T a, T b) const { return a - b; }
-  };
-  struct MinusIdentity {
-    index_t n;
-    MUON_HOST_DEVICE T operator()(index_t k, T x) const { return (k % (n * n)) % (n + 1) == 0 ? x - T(1) : x; }
-  };
-
   static Options validated(Options o) {
     detail::require_non_negative("Optimizer", "lr", o.lr);
     detail::require_unit_interval("Optimizer", "momentum", o.momentum);
@@ -790,11 +590,7 @@ class Optimizer {
     const ParamId id = entries_.size();
     WorkspaceNeed need;
     need.add(filter_.plan(info));
-    if (options_.telemetry) {
-      // telemetry_gradients: 3 norms and a difference; telemetry_orthogonality: O O^T per slice.
-      const index_t lo = std::min(p.shape.rows(), p.shape.cols());
-      need.add_accums(3).add_accums(p.shape.batch()).add_matrix(1, 1, n).add_matrix(p.shape.batch(), lo, lo);
-    }
+    if (options_.telemetry) need.add(detail::TelemetryRecorder<B>::plan(p.shape));
     auto flags = backend_.template allocate<typename B::accum_type>(entries_.size() + 1);
     entries_.reserve(entries_.size() + 1);
     flags_host_.reserve(entries_.size() + 1);
@@ -812,9 +608,8 @@ class Optimizer {
       direction.raise_to(orth_.plan(backend_, batch, prow, pcol));
       need.add(direction);
       if (options_.normuon) {
-        // two norms per slice, the squares, the per-row means
-        need.add_accums(batch).add_accums(batch).add_matrix(batch, prow, pcol).add_matrix(batch, rows, 1);
-        grow_ones(std::max(prow, pcol));
+        need.add(detail::RowNormalizer<B>::plan(batch, prow, pcol, rows));
+        row_normalizer_.reserve(backend_, std::max(prow, pcol));
       }
       matrix_slots_.reserve(matrix_slots_.size() + 1);
       matrix_slots_.push_back(MatrixSlot{id,
@@ -882,7 +677,7 @@ class Optimizer {
   void step_matrix(MatrixSlot& s, ConstraintStats& stats) {
     workspace_.reset();
     const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, s.g, workspace_) : s.g;
-    if (options_.telemetry) telemetry_gradients(s.g, g);
+    if (options_.telemetry) telemetry_.gradients(backend_, workspace_, s.g, g);
     backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
     const T beta = static_cast<T>(options_.momentum);
     backend_.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
@@ -897,8 +692,10 @@ class Optimizer {
       constraint_.direction(backend_, s.constraint, orth_, param, u, workspace_);
     else
       orth_.apply(backend_, u, workspace_);
-    if (options_.telemetry) telemetry_orthogonality(u);
-    if (options_.normuon) normalize_rows(s, u);
+    if (options_.telemetry) telemetry_.orthogonality(backend_, workspace_, u);
+    if (options_.normuon)
+      row_normalizer_.apply(backend_, workspace_, s.row_second_moment.data(), u, s.transposed, options_.normuon_beta2,
+                            options_.normuon_eps);
     backend_.transform(s.w,
                        detail::ApplyUpdate<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
                                               static_cast<T>(step_size)},
@@ -912,7 +709,7 @@ class Optimizer {
   void step_fallback(FallbackSlot& s) {
     workspace_.reset();
     const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, s.g, workspace_) : s.g;
-    if (options_.telemetry) telemetry_gradients(s.g, g);
+    if (options_.telemetry) telemetry_.gradients(backend_, workspace_, s.g, g);
     fallback_.apply(backend_, s.fallback, s.w, g);
   }
 
@@ -935,9 +732,8 @@ class Optimizer {
   std::vector<char> bad_;
   std::vector<ParamId> skipped_;
   std::uint64_t steps_taken_ = 0;
-  Telemetry telemetry_{};
-  Buffer ones_{};  // NorMuon's row / column sums (a GEMM with a ones vector)
-  double grad_sq_ = 0, filtered_sq_ = 0, delta_sq_ = 0;
+  detail::TelemetryRecorder<B> telemetry_{};
+  detail::RowNormalizer<B> row_normalizer_{};
 };
 
 }  // namespace muon

@@ -65,6 +65,20 @@ class Workspace {
     return p;
   }
 
+  // A point to come back to: rewind(mark) gives back every view taken after mark(). A policy
+  // that calls another stage several times within one call (the Stiefel constraint runs the
+  // orthogonalizer once per dual iteration) rewinds after each, so its plan() counts that
+  // stage's need once.
+  struct Mark {
+    std::size_t values = 0;
+    std::size_t accums = 0;
+  };
+  [[nodiscard]] Mark mark() const { return {value_top_, accum_top_}; }
+  void rewind(Mark m) {
+    value_top_ = m.values;
+    accum_top_ = m.accums;
+  }
+
   [[nodiscard]] std::size_t bytes() const { return values_.size() * sizeof(T) + accums_.size() * sizeof(A); }
 
  private:
