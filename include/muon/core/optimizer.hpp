@@ -38,6 +38,7 @@
 #include "muon/core/normuon.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/report.hpp"
+#include "muon/core/schedule.hpp"
 #include "muon/core/telemetry.hpp"
 #include "muon/core/tensor.hpp"
 #include "muon/core/validate.hpp"
@@ -67,6 +68,23 @@ enum class LrAdjust {
     case LrAdjust::match_rms_adamw: return lr * 0.2 * std::sqrt(static_cast<double>(std::max(rows, cols)));
   }
   return lr;
+}
+
+// Modular learning-rate scaling of the matrix path (the manifold guide's
+// lr_eff = lr * (layer / depth) * sqrt(fan_out / fan_in)), each factor switchable. fan_out and
+// fan_in are the logical rows and columns (nn.Linear's [out, in]); layer and depth come from
+// ParamOptions at registration. The shape factor replaces lr_adjust (set it to none).
+struct ModularScaling {
+  bool depth = false;  // x layer / depth (needs layer and depth at registration)
+  bool shape = false;  // x sqrt(fan_out / fan_in)
+};
+
+[[nodiscard]] inline double modular_factor(const ModularScaling& m, index_t layer, index_t depth, index_t rows,
+                                           index_t cols) {
+  double f = 1.0;
+  if (m.depth) f *= static_cast<double>(layer) / static_cast<double>(depth);
+  if (m.shape) f *= std::sqrt(static_cast<double>(rows) / static_cast<double>(cols));
+  return f;
 }
 
 namespace detail {
@@ -162,6 +180,10 @@ class Optimizer {
     // Opt-in per-step numbers (StepResult::telemetry): costs a few reductions per tensor, one
     // n x n GEMM per matrix (the orthogonality error) and host reads of those scalars.
     bool telemetry = false;
+    // Learning-rate schedule: a multiplier of both base rates (lr and the fallback's) per step.
+    Schedule schedule{};
+    // Modular lr scaling of the matrix path (off by default; see ModularScaling).
+    ModularScaling modular{};
     // Policies.
     typename Filter::Options filter{};
     typename RouterT::Options router{};
@@ -177,7 +199,8 @@ class Optimizer {
         router_(options_.router),
         orth_(options_.orthogonalizer),
         constraint_(options_.constraint),
-        fallback_(options_.fallback) {}
+        fallback_(options_.fallback),
+        fallback_base_lr_(fallback_.lr()) {}
 
   // Registers a tensor and its gradient (both stay owned by the caller; the optimizer reads the
   // gradient and writes the parameter at every step). Returns the tensor's id. Registering the
@@ -190,8 +213,13 @@ class Optimizer {
   }
 
   StepResult step() {
+    // Everything that may throw comes first: nothing has changed yet.
+    const double multiplier = options_.schedule(steps_taken_ + 1);
     ensure_workspace();
-    check_gradients();  // may throw (throw_error): nothing has changed yet
+    check_gradients();  // throws under NonFinitePolicy::throw_error
+    lr_now_ = options_.lr * multiplier;
+    const double fallback_lr = fallback_base_lr_ * multiplier;
+    if (fallback_.lr() != fallback_lr) fallback_.set_lr(fallback_lr);
 
     const bool skip_all = options_.non_finite == NonFinitePolicy::skip_step && !skipped_.empty();
     if (skip_all) {
@@ -199,7 +227,7 @@ class Optimizer {
       for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
     }
     ConstraintStats stats{};
-    if (options_.telemetry) telemetry_.begin(options_.lr, fallback_.lr());
+    if (options_.telemetry) telemetry_.begin(lr_now_, fallback_lr);
     if (!skip_all) {
       for (auto& slot : matrix_slots_)
         if (!bad_[slot.id]) step_matrix(slot, stats);
@@ -212,7 +240,7 @@ class Optimizer {
       for (ParamId i : skipped_) telemetry_.add_skipped(entries_[i].info.name);
       telemetry = telemetry_.finish(steps_taken_, stats);
     }
-    return {steps_taken_, std::span<const ParamId>(skipped_), stats, telemetry};
+    return {steps_taken_, std::span<const ParamId>(skipped_), stats, lr_now_, fallback_lr, telemetry};
   }
 
   // ---- Reports ---------------------------------------------------------------------------------
@@ -220,7 +248,8 @@ class Optimizer {
     RoutingReport r;
     r.entries.reserve(entries_.size());
     for (const auto& e : entries_)
-      r.entries.push_back({e.info.name, e.aliases, e.info.shape, e.info.role, e.path, e.rule});
+      r.entries.push_back({e.info.name, e.aliases, e.info.shape, e.info.role, e.path, e.rule,
+                           e.path == Path::matrix ? matrix_slots_[e.slot].lr_factor : 1.0});
     return r;
   }
 
@@ -249,8 +278,14 @@ class Optimizer {
   }
   void set_enable_filter(bool on) { options_.enable_filter = on; }
   void set_enable_constraint(bool on) { options_.enable_constraint = on; }
-  [[nodiscard]] double fallback_lr() const { return fallback_.lr(); }
-  void set_fallback_lr(double lr) { fallback_.set_lr(lr); }
+  // The fallback group's base lr (the schedule multiplies it at each step).
+  [[nodiscard]] double fallback_lr() const { return fallback_base_lr_; }
+  void set_fallback_lr(double lr) {
+    fallback_.set_lr(lr);  // validates
+    fallback_base_lr_ = lr;
+  }
+  // Replaces the schedule (its position is the step count: steps_taken() + 1 next).
+  void set_schedule(Schedule schedule) { options_.schedule = std::move(schedule); }
 
   // ---- Introspection ---------------------------------------------------------------------------
   [[nodiscard]] std::size_t size() const { return entries_.size(); }
@@ -309,7 +344,7 @@ class Optimizer {
     w.put(static_cast<std::uint8_t>(options_.nesterov));
     w.put(options_.weight_decay);
     w.put(static_cast<std::uint32_t>(options_.lr_adjust));
-    w.put(fallback_.lr());
+    w.put(fallback_base_lr_);
     w.put(static_cast<std::uint8_t>(save_options.parameters));
     w.put(static_cast<std::uint64_t>(entries_.size()));
     for (ParamId id = 0; id < entries_.size(); ++id) {
@@ -416,6 +451,7 @@ class Optimizer {
     steps_taken_ = c.steps;
     options_.lr = c.lr;
     fallback_.set_lr(c.fallback_lr);
+    fallback_base_lr_ = c.fallback_lr;
     backend_.synchronize();
   }
 
@@ -519,6 +555,9 @@ class Optimizer {
     detail::require_non_negative("Optimizer", "weight_decay", o.weight_decay);
     detail::require_unit_interval("Optimizer", "normuon_beta2", o.normuon_beta2);
     detail::require_positive("Optimizer", "normuon_eps", o.normuon_eps);
+    if (o.modular.shape && o.lr_adjust != LrAdjust::none)
+      detail::fail("Optimizer: options 'modular.shape' and 'lr_adjust' both scale the lr by the shape; set "
+                   "lr_adjust = LrAdjust::none to use the modular shape factor");
     return o;
   }
 
@@ -560,12 +599,19 @@ class Optimizer {
     } else if (options.rotary_rows != 0) {
       detail::fail_param(name, "rotary_rows needs heads > 0");
     }
-    ParamInfo info{name, p.shape, options.role, options.path, options.heads, options.rotary_rows};
+    if (options.layer < 0 || options.depth < 0 || options.layer > options.depth || (options.layer == 0) != (options.depth == 0))
+      detail::fail_param(name, "layer (" + std::to_string(options.layer) + ") and depth (" + std::to_string(options.depth) +
+                                   ") must be given together with 1 <= layer <= depth");
+    ParamInfo info{name,          p.shape,           options.role,  options.path,
+                   options.heads, options.rotary_rows, options.layer, options.depth};
     Route route = router_.route(info);
     if (!options_.enable_muon && route.path == Path::matrix)
       route = {Path::fallback, "enable_muon off (router: " + route.rule + ")"};
     if (route.path == Path::matrix && (p.shape.rank() < 2 || p.shape.rank() > 3))
       detail::fail_param(name, "the matrix path needs a rank-2 or rank-3 tensor, got shape " + p.shape.to_string());
+    if (route.path == Path::matrix && options_.modular.depth && options.depth == 0)
+      detail::fail_param(name, "modular depth scaling is on: register this matrix with layer and depth "
+                               "(ParamOptions{.layer = l, .depth = L}, 1 <= l <= L)");
 
     for (ParamId i = 0; i < entries_.size(); ++i) {
       Entry& e = entries_[i];
@@ -616,7 +662,8 @@ class Optimizer {
                                          {p.data, batch, prow, pcol},
                                          {g.data, batch, prow, pcol},
                                          transposed,
-                                         adjusted_lr(1.0, options_.lr_adjust, rows, cols),
+                                         adjusted_lr(1.0, options_.lr_adjust, rows, cols) *
+                                             modular_factor(options_.modular, options.layer, options.depth, rows, cols),
                                          backend_.template allocate<T>(static_cast<std::size_t>(n)),
                                          filter_.template make_state<B>(backend_, info),
                                          constraint_.template make_state<B>(backend_, info),
@@ -686,7 +733,7 @@ class Optimizer {
       backend_.transform(u, fn::Lerp<T>{beta}, g, m);
     else
       backend_.transform(u, fn::Copy{}, m);
-    const double step_size = options_.lr * s.lr_factor;
+    const double step_size = lr_now_ * s.lr_factor;
     const MatrixParam<T> param{s.w, s.transposed, &entries_[s.id].info, step_size};
     if (options_.enable_constraint)
       constraint_.direction(backend_, s.constraint, orth_, param, u, workspace_);
@@ -697,7 +744,7 @@ class Optimizer {
       row_normalizer_.apply(backend_, workspace_, s.row_second_moment.data(), u, s.transposed, options_.normuon_beta2,
                             options_.normuon_eps);
     backend_.transform(s.w,
-                       detail::ApplyUpdate<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
+                       detail::ApplyUpdate<T>{static_cast<T>(1.0 - lr_now_ * options_.weight_decay),
                                               static_cast<T>(step_size)},
                        s.w, u);
     if (!options_.enable_constraint) return;
@@ -732,6 +779,8 @@ class Optimizer {
   std::vector<char> bad_;
   std::vector<ParamId> skipped_;
   std::uint64_t steps_taken_ = 0;
+  double fallback_base_lr_ = 0;  // the fallback's lr before the schedule
+  double lr_now_ = 0;            // the matrix lr of the step being taken (base x schedule)
   detail::TelemetryRecorder<B> telemetry_{};
   detail::RowNormalizer<B> row_normalizer_{};
 };

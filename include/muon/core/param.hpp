@@ -45,6 +45,10 @@ struct ParamOptions {
   // (MLA-style q^R). 0 = not split into heads.
   index_t heads = 0;
   index_t rotary_rows = 0;
+  // Modular learning-rate scaling (Optimizer::Options::modular): this tensor's layer index
+  // (1-based: 1 .. depth) and the model's depth. 0 = not given.
+  index_t layer = 0;
+  index_t depth = 0;
 };
 
 struct ParamInfo {
@@ -54,6 +58,8 @@ struct ParamInfo {
   std::optional<Path> path_override{};
   index_t heads = 0;        // see ParamOptions
   index_t rotary_rows = 0;  // see ParamOptions
+  index_t layer = 0;        // see ParamOptions
+  index_t depth = 0;        // see ParamOptions
 
   // Rows of one head's block (rows / heads), or 0 when not split into heads.
   [[nodiscard]] index_t head_dim() const { return heads > 0 ? shape.rows() / heads : 0; }

@@ -21,6 +21,7 @@ struct RoutingEntry {
   Role role = Role::none;
   Path path = Path::fallback;
   std::string rule;
+  double lr_scale = 1;  // matrix path: the tensor's lr factor (lr_adjust x modular); fallback: 1
 };
 
 struct RoutingReport {
@@ -162,6 +163,9 @@ struct StepResult {
   std::uint64_t step = 0;  // steps taken so far, this one included
   std::span<const ParamId> skipped{};
   ConstraintStats constraint{};
+  // The learning rates this step used: the base rates times the schedule's multiplier (the
+  // matrix path's lr before its per-tensor shape / modular factors).
+  double lr = 0, fallback_lr = 0;
   const Telemetry* telemetry = nullptr;  // set when Options::telemetry is on; valid until the next step()
   [[nodiscard]] bool all_applied() const { return skipped.empty(); }
 };
