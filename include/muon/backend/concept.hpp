@@ -89,7 +89,10 @@ concept Backend =
       //   transform_slices(out, f, in...)  out[s][k] = f(s, in[s][k]...)  (f knows the slice)
       //   transform_indexed(out, f, in...) out[k] = f(k, in[k]...)        (f knows the flat index)
       // A functor is a small copyable struct with a MUON_HOST_DEVICE call operator; pointers it
-      // carries (to reduction results) point into backend memory.
+      // carries (to reduction results) point into backend memory. A transform_indexed functor
+      // may also read or write element k of another buffer it carries while it computes
+      // out[k] (each index is visited exactly once): that is how 16-bit copies of parameters
+      // are decoded and refreshed (core/master_weights.hpp).
       b.transform(v, detail::ProbeUnary{}, cv);
       b.transform_slices(v, detail::ProbeSliced{}, cv);
       b.transform_indexed(v, detail::ProbeIndexed{}, cv);

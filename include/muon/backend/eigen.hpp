@@ -23,6 +23,7 @@
 #include "muon/backend/concept.hpp"
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
+#include "muon/core/low_precision.hpp"
 #include "muon/core/tensor.hpp"
 
 namespace muon::backend {
@@ -310,6 +311,17 @@ static_assert(Backend<Eigen<double>>, "muon::backend::Eigen<double> must satisfy
 }  // namespace muon::backend
 
 namespace muon {
+
+// Eigen's 16-bit types are storage for master-weight training (core/low_precision.hpp): both
+// hold exactly the format's bits in a 2-byte struct.
+template <>
+struct element_format<::Eigen::bfloat16> {
+  static constexpr ElementFormat value = ElementFormat::bf16;
+};
+template <>
+struct element_format<::Eigen::half> {
+  static constexpr ElementFormat value = ElementFormat::fp16;
+};
 
 // Registration of Eigen dense objects (Matrix, Array, Map, Ref, ...): they must expose their
 // data directly and be contiguous (a Block of a larger matrix is not).

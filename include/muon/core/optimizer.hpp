@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -35,6 +36,8 @@
 #include "muon/core/concepts.hpp"
 #include "muon/core/error.hpp"
 #include "muon/core/functors.hpp"
+#include "muon/core/low_precision.hpp"
+#include "muon/core/master_weights.hpp"
 #include "muon/core/normuon.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/report.hpp"
@@ -115,22 +118,51 @@ inline constexpr bool owns_storage_v = [] {
     return false;
 }();
 
+// A registered tensor, type-erased to its storage format (what AnyOptimizer passes through).
+struct ParamBinding {
+  void* data = nullptr;
+  Shape shape{};
+  Layout layout = Layout::row_major;
+  ElementFormat format = ElementFormat::value;
+};
+struct GradBinding {
+  const void* data = nullptr;
+  Shape shape{};
+  Layout layout = Layout::row_major;
+  ElementFormat format = ElementFormat::value;
+};
+
+template <class S, class T>
+inline constexpr bool registrable_scalar_v = std::is_same_v<S, T> || Storage16<S>;
+
+template <class S, class T>
+constexpr ElementFormat format_of() {
+  if constexpr (std::is_same_v<S, T>)
+    return ElementFormat::value;
+  else
+    return element_format<S>::value;
+}
+
 // What registration checks at compile time, shared by Optimizer::add and AnyOptimizer::add:
-// a temporary that owns its storage would dangle, the scalar must be the backend's, and the
-// parameter must be writable. Returns the parameter and gradient as TensorRefs.
+// a temporary that owns its storage would dangle, the scalar must be the backend's (or a 16-bit
+// storage type, for master weights), and the parameter must be writable.
 template <class T, TensorLike P, TensorLike G>
-std::pair<TensorRef<T>, TensorRef<const T>> registration_refs(P&& param, G&& grad) {
+std::pair<ParamBinding, GradBinding> registration_refs(P&& param, G&& grad) {
   static_assert(!(std::is_rvalue_reference_v<P&&> && owns_storage_v<P>),
                 "muon::Optimizer::add: the parameter is a temporary that owns its storage; pass an lvalue");
   static_assert(!(std::is_rvalue_reference_v<G&&> && owns_storage_v<G>),
                 "muon::Optimizer::add: the gradient is a temporary that owns its storage; pass an lvalue");
-  static_assert(std::is_same_v<tensor_scalar_t<P>, T> && std::is_same_v<tensor_scalar_t<G>, T>,
-                "muon::Optimizer::add: tensor scalar type must be the backend's value_type");
+  using PS = tensor_scalar_t<P>;
+  using GS = tensor_scalar_t<G>;
+  static_assert(registrable_scalar_v<PS, T> && registrable_scalar_v<GS, T>,
+                "muon::Optimizer::add: tensor scalar type must be the backend's value_type, or a 16-bit storage type "
+                "(muon::bfloat16, muon::float16, Eigen::bfloat16, Eigen::half) for master weights");
   const auto p = as_tensor(param);
   static_assert(!std::is_const_v<std::remove_pointer_t<decltype(p.data)>>,
                 "muon::Optimizer::add: the parameter must be writable (not const)");
   const auto g = as_tensor(grad);
-  return {TensorRef<T>{p.data, p.shape, p.layout}, TensorRef<const T>{g.data, g.shape, g.layout}};
+  return {ParamBinding{static_cast<void*>(p.data), p.shape, p.layout, format_of<PS, T>()},
+          GradBinding{static_cast<const void*>(g.data), g.shape, g.layout, format_of<GS, T>()}};
 }
 
 }  // namespace detail
@@ -177,6 +209,9 @@ class Optimizer {
     bool enable_filter = true;      // false: gradients pass unfiltered (filter state untouched)
     bool enable_muon = true;        // false: every tensor takes the fallback path
     bool enable_constraint = true;  // false: direction = orth(u), no retraction
+    // Mixed precision: plan room to unscale value_type gradients, so that step({.inv_scale})
+    // can be used (16-bit gradients always have it). Costs one tensor's worth of workspace.
+    bool loss_scaling = false;
     // Opt-in per-step numbers (StepResult::telemetry): costs a few reductions per tensor, one
     // n x n GEMM per matrix (the orthogonality error) and host reads of those scalars.
     bool telemetry = false;
@@ -211,17 +246,25 @@ class Optimizer {
     auto [p, g] = detail::registration_refs<value_type>(std::forward<P>(param), std::forward<G>(grad));
     return add_ref(std::move(name), p, g, options);
   }
+  // The same, for tensors already type-erased to their storage format (AnyOptimizer uses it).
+  ParamId add_binding(std::string name, detail::ParamBinding param, detail::GradBinding grad, ParamOptions options = {}) {
+    return add_ref(std::move(name), param, grad, options);
+  }
 
-  StepResult step() {
+  StepResult step(StepOptions step_options = {}) {
     // Everything that may throw comes first: nothing has changed yet.
+    check_step_options(step_options);
     const double multiplier = options_.schedule(steps_taken_ + 1);
     ensure_workspace();
     check_gradients();  // throws under NonFinitePolicy::throw_error
+    inv_scale_ = step_options.inv_scale;
     lr_now_ = options_.lr * multiplier;
     const double fallback_lr = fallback_base_lr_ * multiplier;
     if (fallback_.lr() != fallback_lr) fallback_.set_lr(fallback_lr);
 
-    const bool skip_all = options_.non_finite == NonFinitePolicy::skip_step && !skipped_.empty();
+    // A loss-scaled step with a non-finite gradient overflowed: every gradient is suspect.
+    const bool overflow = inv_scale_.has_value() && !skipped_.empty();
+    const bool skip_all = (options_.non_finite == NonFinitePolicy::skip_step || overflow) && !skipped_.empty();
     if (skip_all) {
       skipped_.clear();
       for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
@@ -240,7 +283,7 @@ class Optimizer {
       for (ParamId i : skipped_) telemetry_.add_skipped(entries_[i].info.name);
       telemetry = telemetry_.finish(steps_taken_, stats);
     }
-    return {steps_taken_, std::span<const ParamId>(skipped_), stats, lr_now_, fallback_lr, telemetry};
+    return {steps_taken_, std::span<const ParamId>(skipped_), overflow, stats, lr_now_, fallback_lr, telemetry};
   }
 
   // ---- Reports ---------------------------------------------------------------------------------
@@ -258,10 +301,12 @@ class Optimizer {
     for (auto& s : matrix_slots_) {
       m.matrix_state_bytes += (s.momentum.size() + s.row_second_moment.size()) * sizeof(value_type) + bytes_of(s.constraint);
       m.filter_state_bytes += bytes_of(s.filter);
+      m.master_weight_bytes += s.master.size() * sizeof(value_type);
     }
     for (auto& s : fallback_slots_) {
       m.fallback_state_bytes += bytes_of(s.fallback);
       m.filter_state_bytes += bytes_of(s.filter);
+      m.master_weight_bytes += s.master.size() * sizeof(value_type);
     }
     m.workspace_bytes = std::max(workspace_.bytes(), need_.values * sizeof(value_type) +
                                                          need_.accums * sizeof(typename B::accum_type));
@@ -427,6 +472,7 @@ class Optimizer {
     for (const auto& [name, st] : staged)
       if (!st.matched) detail::fail("checkpoint: tensor '" + name + "' is not registered with this optimizer");
 
+    ensure_workspace();  // refreshing 16-bit copies below uses it
     // ---- commit: nothing below can fail ----
     for (ParamId id = 0; id < entries_.size(); ++id) {
       const Entry& e = entries_[id];
@@ -452,6 +498,7 @@ class Optimizer {
     options_.lr = c.lr;
     fallback_.set_lr(c.fallback_lr);
     fallback_base_lr_ = c.fallback_lr;
+    refresh_targets();
     backend_.synchronize();
   }
 
@@ -464,30 +511,37 @@ class Optimizer {
     std::vector<std::string> aliases;
     Path path = Path::fallback;
     std::string rule;
-    const T* param_data = nullptr;
-    const T* grad_data = nullptr;
+    const void* param_data = nullptr;
+    const void* grad_data = nullptr;
     Layout layout = Layout::row_major;
+    ElementFormat format = ElementFormat::value;
     std::size_t slot = 0;  // index into matrix_slots_ or fallback_slots_ (by path)
   };
 
   struct MatrixSlot {
     ParamId id;
-    backend::MatrixView<T> w;        // physical, row-major
-    backend::MatrixView<const T> g;  // same layout as w
+    backend::MatrixView<T> w;        // physical, row-major (the master copy when there is one)
+    backend::MatrixView<const T> g;  // same layout as w (data null when the gradient is 16-bit)
     bool transposed;                 // w holds the logical matrix transposed
     double lr_factor;                // adjusted_lr(1, ...) for the logical shape
     Buffer momentum;
     typename Filter::template State<B> filter;
     typename Constr::template State<B> constraint;
     Buffer row_second_moment;  // NorMuon: batch x logical rows (empty when off)
+    detail::GradSource grad;
+    detail::ParamTarget target;  // the registered tensor, when w is a master copy
+    Buffer master;               // empty without master weights
   };
 
   struct FallbackSlot {
     ParamId id;
-    backend::MatrixView<T> w;  // flat
+    backend::MatrixView<T> w;  // flat (the master copy when there is one)
     backend::MatrixView<const T> g;
     typename Filter::template State<B> filter;
     typename Fb::template State<B> fallback;
+    detail::GradSource grad;
+    detail::ParamTarget target;
+    Buffer master;
   };
 
   // Calls f(key, item) for every buffer (item.data(), item.size()) and counter (an integer) of
@@ -501,12 +555,14 @@ class Optimizer {
     };
     if (e.path == Path::matrix) {
       MatrixSlot& s = matrix_slots_[e.slot];
+      if (s.master.size() > 0) f(std::string("master"), s.master);
       f(std::string("momentum"), s.momentum);
       if (options_.normuon) f(std::string("normuon/row_second_moment"), s.row_second_moment);
       s.filter.visit(with_prefix("filter/"));
       s.constraint.visit(with_prefix("constraint/"));
     } else {
       FallbackSlot& s = fallback_slots_[e.slot];
+      if (s.master.size() > 0) f(std::string("master"), s.master);
       s.filter.visit(with_prefix("filter/"));
       s.fallback.visit(with_prefix("fallback/"));
     }
@@ -568,7 +624,8 @@ class Optimizer {
     return counter.bytes;
   }
 
-  ParamId add_ref(std::string name, TensorRef<T> p, TensorRef<const T> g, const ParamOptions& options) {
+  ParamId add_ref(std::string name, const detail::ParamBinding& p, const detail::GradBinding& g,
+                  const ParamOptions& options) {
     // ---- every check first: a rejected registration changes nothing ----
     if (name.empty()) detail::fail("a parameter needs a non-empty name");
     for (const auto& e : entries_) {
@@ -586,7 +643,8 @@ class Optimizer {
                                    p.shape.to_string());
     if (p.shape.rank() == 2 && p.layout != g.layout && p.shape.rows() > 1 && p.shape.cols() > 1)
       detail::fail_param(name, "gradient and parameter have different memory layouts (row- vs column-major)");
-    if (overlaps(p.data, n, g.data, n)) detail::fail_param(name, "gradient memory overlaps the parameter");
+    const std::size_t pbytes = element_bytes(p.format), gbytes = element_bytes(g.format);
+    if (overlaps(p.data, static_cast<std::size_t>(n) * pbytes, g.data, static_cast<std::size_t>(n) * gbytes)) detail::fail_param(name, "gradient memory overlaps the parameter");
 
     if (options.heads < 0 || options.rotary_rows < 0) detail::fail_param(name, "heads and rotary_rows must be >= 0");
     if (options.heads > 0) {
@@ -602,6 +660,8 @@ class Optimizer {
     if (options.layer < 0 || options.depth < 0 || options.layer > options.depth || (options.layer == 0) != (options.depth == 0))
       detail::fail_param(name, "layer (" + std::to_string(options.layer) + ") and depth (" + std::to_string(options.depth) +
                                    ") must be given together with 1 <= layer <= depth");
+    if (options.fake_quant_bits != 0 && (options.fake_quant_bits < 2 || options.fake_quant_bits > 16))
+      detail::fail_param(name, "fake_quant_bits must be 0 (off) or in [2, 16], got " + std::to_string(options.fake_quant_bits));
     ParamInfo info{name,          p.shape,           options.role,  options.path,
                    options.heads, options.rotary_rows, options.layer, options.depth};
     Route route = router_.route(info);
@@ -616,7 +676,7 @@ class Optimizer {
     for (ParamId i = 0; i < entries_.size(); ++i) {
       Entry& e = entries_[i];
       const index_t en = e.info.shape.numel();
-      if (e.param_data == p.data && e.info.shape == p.shape && e.layout == p.layout) {  // the same tensor: tied
+      if (e.param_data == p.data && e.info.shape == p.shape && e.layout == p.layout && e.format == p.format) {  // tied
         if (e.grad_data != g.data)
           detail::fail_param(name, "is the same tensor as '" + e.info.name +
                                        "' but was given a different gradient buffer; a tied tensor has one gradient");
@@ -628,15 +688,30 @@ class Optimizer {
         e.aliases.push_back(std::move(name));
         return i;
       }
-      if (overlaps(e.param_data, en, p.data, n))
+      if (overlaps(e.param_data, static_cast<std::size_t>(en) * element_bytes(e.format), p.data, static_cast<std::size_t>(n) * pbytes))
         detail::fail_param(name, "parameter memory overlaps parameter '" + e.info.name + "'");
     }
 
     // ---- build everything new first, then commit with operations that cannot throw ----
     const ParamId id = entries_.size();
     WorkspaceNeed need;
+    // Gradient staging: a 16-bit gradient is decoded, a loss-scaled one unscaled, into workspace.
+    if (g.format != ElementFormat::value || options_.loss_scaling) need.add_matrix(1, 1, n);
     need.add(filter_.plan(info));
     if (options_.telemetry) need.add(detail::TelemetryRecorder<B>::plan(p.shape));
+    // A master copy (16-bit storage or a quantized view): one accum for the absmax.
+    const bool has_master = p.format != ElementFormat::value || options.fake_quant_bits > 0;
+    if (has_master) need.add_accums(1);
+    const detail::GradSource grad{g.data, g.format};
+    const detail::ParamTarget target =
+        has_master ? detail::ParamTarget{p.data, p.format,
+                                         options.fake_quant_bits > 0 ? (index_t{1} << (options.fake_quant_bits - 1)) - 1 : 0}
+                   : detail::ParamTarget{};
+    Buffer master = backend_.template allocate<T>(has_master ? static_cast<std::size_t>(n) : 0);
+    if (has_master) load_master(master, p, n);
+    T* const w_data = has_master ? master.data() : static_cast<T*>(p.data);
+    const T* const g_data = g.format == ElementFormat::value ? static_cast<const T*>(g.data) : nullptr;
+
     auto flags = backend_.template allocate<typename B::accum_type>(entries_.size() + 1);
     entries_.reserve(entries_.size() + 1);
     flags_host_.reserve(entries_.size() + 1);
@@ -659,38 +734,54 @@ class Optimizer {
       }
       matrix_slots_.reserve(matrix_slots_.size() + 1);
       matrix_slots_.push_back(MatrixSlot{id,
-                                         {p.data, batch, prow, pcol},
-                                         {g.data, batch, prow, pcol},
+                                         {w_data, batch, prow, pcol},
+                                         {g_data, batch, prow, pcol},
                                          transposed,
                                          adjusted_lr(1.0, options_.lr_adjust, rows, cols) *
                                              modular_factor(options_.modular, options.layer, options.depth, rows, cols),
                                          backend_.template allocate<T>(static_cast<std::size_t>(n)),
                                          filter_.template make_state<B>(backend_, info),
                                          constraint_.template make_state<B>(backend_, info),
-                                         backend_.template allocate<T>(options_.normuon ? static_cast<std::size_t>(batch * rows) : 0)});
+                                         backend_.template allocate<T>(options_.normuon ? static_cast<std::size_t>(batch * rows) : 0),
+                                         grad,
+                                         target,
+                                         std::move(master)});
     } else {
       fallback_slots_.reserve(fallback_slots_.size() + 1);
       fallback_slots_.push_back(FallbackSlot{id,
-                                             {p.data, 1, 1, n},
-                                             {g.data, 1, 1, n},
+                                             {w_data, 1, 1, n},
+                                             {g_data, 1, 1, n},
                                              filter_.template make_state<B>(backend_, info),
-                                             fallback_.template make_state<B>(backend_, info)});
+                                             fallback_.template make_state<B>(backend_, info),
+                                             grad,
+                                             target,
+                                             std::move(master)});
     }
     // Nothing below throws (capacity reserved above).
     need_.raise_to(need);
     const std::size_t slot = route.path == Path::matrix ? matrix_slots_.size() - 1 : fallback_slots_.size() - 1;
-    entries_.push_back(Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data, p.layout, slot});
+    entries_.push_back(
+        Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data, p.layout, p.format, slot});
     flags_ = std::move(flags);
     flags_host_.push_back(0.0);
     bad_.push_back(0);
     return id;
   }
 
-  static bool overlaps(const T* a, index_t na, const T* b, index_t nb) {
+  static std::size_t element_bytes(ElementFormat f) { return f == ElementFormat::value ? sizeof(T) : 2; }
+
+  static bool overlaps(const void* a, std::size_t abytes, const void* b, std::size_t bbytes) {
     const auto a0 = reinterpret_cast<std::uintptr_t>(a), b0 = reinterpret_cast<std::uintptr_t>(b);
-    const auto a1 = a0 + static_cast<std::uintptr_t>(na) * sizeof(T);
-    const auto b1 = b0 + static_cast<std::uintptr_t>(nb) * sizeof(T);
-    return a0 < b1 && b0 < a1;
+    return a0 < b0 + bbytes && b0 < a0 + abytes;
+  }
+
+  // The master copy starts as the registered tensor's values (decoded from 16 bits).
+  void load_master(Buffer& master, const detail::ParamBinding& p, index_t n) {
+    backend::MatrixView<T> m{master.data(), 1, 1, n};
+    if (p.format == ElementFormat::value)
+      backend_.transform(m, fn::Copy{}, backend::MatrixView<const T>{static_cast<const T*>(p.data), 1, 1, n});
+    else
+      backend_.transform_indexed(m, detail::DecodeScaled<T>{static_cast<const std::uint16_t*>(p.data), p.format, T(1)}, m);
   }
 
   void ensure_workspace() {
@@ -700,13 +791,48 @@ class Optimizer {
     }
   }
 
+  void check_step_options(const StepOptions& o) const {
+    if (!o.inv_scale) return;
+    const double v = *o.inv_scale;
+    if (!std::isfinite(v) || !(v > 0))
+      detail::fail("Optimizer::step: inv_scale must be finite and > 0, got " + detail::format_value(v));
+    if (!options_.loss_scaling)
+      for (const auto& e : entries_)
+        if (entries_slot_grad_format(e) == ElementFormat::value)
+          detail::fail_param(e.info.name, "step was given inv_scale, but this value_type gradient has no room to be "
+                                          "unscaled: construct the optimizer with Options::loss_scaling = true");
+  }
+  ElementFormat entries_slot_grad_format(const Entry& e) const {
+    return e.path == Path::matrix ? matrix_slots_[e.slot].grad.format : fallback_slots_[e.slot].grad.format;
+  }
+
+  // The gradient as value_type: the registered buffer itself, or decoded / unscaled into workspace.
+  backend::MatrixView<const T> gradient(const detail::GradSource& src, backend::MatrixView<const T> shape,
+                                        std::optional<double> inv_scale) {
+    if (src.format == ElementFormat::value && !inv_scale) return {static_cast<const T*>(src.data), shape.batch, shape.rows, shape.cols};
+    auto out = workspace_.take(shape.batch, shape.rows, shape.cols);
+    const T scale = static_cast<T>(inv_scale.value_or(1.0));
+    if (src.format == ElementFormat::value)
+      backend_.transform(out, fn::Scale<T>{scale},
+                         backend::MatrixView<const T>{static_cast<const T*>(src.data), shape.batch, shape.rows, shape.cols});
+    else
+      backend_.transform_indexed(out, detail::DecodeScaled<T>{static_cast<const std::uint16_t*>(src.data), src.format, scale},
+                                 out);
+    return out;
+  }
+
   // Counts non-finite entries of every gradient on the backend and reads the per-tensor flags
-  // once. Fills bad_ and skipped_; under throw_error, throws before any state changes.
+  // once. Fills bad_ and skipped_; under throw_error, throws before any state changes. (The
+  // raw gradients are checked: an overflow of a loss-scaled gradient shows as Inf already.)
   void check_gradients() {
     skipped_.clear();
     auto* flags = flags_.data();
-    for (const auto& s : matrix_slots_) backend_.count_non_finite(s.g.flat(), flags + s.id);
-    for (const auto& s : fallback_slots_) backend_.count_non_finite(s.g.flat(), flags + s.id);
+    auto count = [&](const detail::GradSource& src, backend::MatrixView<const T> shape, ParamId id) {
+      workspace_.reset();
+      backend_.count_non_finite(gradient(src, shape, std::nullopt).flat(), flags + id);
+    };
+    for (const auto& s : matrix_slots_) count(s.grad, s.g, s.id);
+    for (const auto& s : fallback_slots_) count(s.grad, s.g, s.id);
     backend_.read(flags, std::span<typename B::accum_type>(flags_host_));
     for (ParamId i = 0; i < entries_.size(); ++i) {
       bad_[i] = flags_host_[i] != 0;
@@ -714,17 +840,18 @@ class Optimizer {
     }
     if (options_.non_finite == NonFinitePolicy::throw_error && !skipped_.empty()) {
       const ParamId i = skipped_.front();
-      const auto count = static_cast<long long>(flags_host_[i]);
+      const auto count_bad = static_cast<long long>(flags_host_[i]);
       skipped_.clear();
       detail::fail_param(entries_[i].info.name,
-                         "gradient has " + std::to_string(count) + " non-finite (NaN/Inf) values; nothing was updated");
+                         "gradient has " + std::to_string(count_bad) + " non-finite (NaN/Inf) values; nothing was updated");
     }
   }
 
   void step_matrix(MatrixSlot& s, ConstraintStats& stats) {
     workspace_.reset();
-    const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, s.g, workspace_) : s.g;
-    if (options_.telemetry) telemetry_.gradients(backend_, workspace_, s.g, g);
+    const auto graw = gradient(s.grad, s.g, inv_scale_);
+    const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, graw, workspace_) : graw;
+    if (options_.telemetry) telemetry_.gradients(backend_, workspace_, graw, g);
     backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
     const T beta = static_cast<T>(options_.momentum);
     backend_.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
@@ -747,17 +874,33 @@ class Optimizer {
                        detail::ApplyUpdate<T>{static_cast<T>(1.0 - lr_now_ * options_.weight_decay),
                                               static_cast<T>(step_size)},
                        s.w, u);
-    if (!options_.enable_constraint) return;
-    constraint_.retract(backend_, s.constraint, orth_, param, workspace_);
-    // Optional: a constraint that reports adds its numbers to the step result.
-    if constexpr (requires { constraint_.report(s.constraint, stats); }) constraint_.report(s.constraint, stats);
+    if (options_.enable_constraint) {
+      constraint_.retract(backend_, s.constraint, orth_, param, workspace_);
+      // Optional: a constraint that reports adds its numbers to the step result.
+      if constexpr (requires { constraint_.report(s.constraint, stats); }) constraint_.report(s.constraint, stats);
+    }
+    if (s.target.has_master()) detail::refresh_target(backend_, s.target, s.w, workspace_.take_accums(1));
   }
 
   void step_fallback(FallbackSlot& s) {
     workspace_.reset();
-    const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, s.g, workspace_) : s.g;
-    if (options_.telemetry) telemetry_.gradients(backend_, workspace_, s.g, g);
+    const auto graw = gradient(s.grad, s.g, inv_scale_);
+    const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, graw, workspace_) : graw;
+    if (options_.telemetry) telemetry_.gradients(backend_, workspace_, graw, g);
     fallback_.apply(backend_, s.fallback, s.w, g);
+    if (s.target.has_master()) detail::refresh_target(backend_, s.target, s.w, workspace_.take_accums(1));
+  }
+
+  // Rewrites every 16-bit tensor / quantized view from its master (after load()).
+  void refresh_targets() {
+    for (auto& s : matrix_slots_) {
+      workspace_.reset();
+      if (s.target.has_master()) detail::refresh_target(backend_, s.target, s.w, workspace_.take_accums(1));
+    }
+    for (auto& s : fallback_slots_) {
+      workspace_.reset();
+      if (s.target.has_master()) detail::refresh_target(backend_, s.target, s.w, workspace_.take_accums(1));
+    }
   }
 
   Options options_;
@@ -781,6 +924,7 @@ class Optimizer {
   std::uint64_t steps_taken_ = 0;
   double fallback_base_lr_ = 0;  // the fallback's lr before the schedule
   double lr_now_ = 0;            // the matrix lr of the step being taken (base x schedule)
+  std::optional<double> inv_scale_{};  // the step's loss-scale inverse, if any
   detail::TelemetryRecorder<B> telemetry_{};
   detail::RowNormalizer<B> row_normalizer_{};
 };

@@ -49,6 +49,11 @@ struct ParamOptions {
   // (1-based: 1 .. depth) and the model's depth. 0 = not given.
   index_t layer = 0;
   index_t depth = 0;
+  // Quantized view (straight-through training, core/master_weights.hpp): the registered tensor
+  // receives the master weights fake-quantized to this many bits (symmetric, one absmax scale
+  // per tensor) after every step, and the optimizer keeps the value_type master. 0 = off;
+  // otherwise 2 .. 16.
+  index_t fake_quant_bits = 0;
 };
 
 struct ParamInfo {

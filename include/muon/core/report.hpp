@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <iomanip>
+#include <optional>
 #include <ostream>
 #include <span>
 #include <sstream>
@@ -85,15 +86,18 @@ struct MemoryReport {
   std::size_t filter_state_bytes = 0;    // gradient filter state
   std::size_t workspace_bytes = 0;       // shared scratch (planned, or allocated once stepping)
   std::size_t backend_scratch_bytes = 0; // e.g. GEMM packing buffers
+  std::size_t master_weight_bytes = 0;   // value_type master copies of 16-bit / quantized parameters
 
   [[nodiscard]] std::size_t state_bytes() const {
-    return matrix_state_bytes + fallback_state_bytes + filter_state_bytes;
+    return matrix_state_bytes + fallback_state_bytes + filter_state_bytes + master_weight_bytes;
   }
   [[nodiscard]] std::size_t total_bytes() const { return state_bytes() + workspace_bytes + backend_scratch_bytes; }
 
   friend std::ostream& operator<<(std::ostream& os, const MemoryReport& m) {
     os << "state " << m.state_bytes() << " B (matrix " << m.matrix_state_bytes << ", fallback "
-       << m.fallback_state_bytes << ", filter " << m.filter_state_bytes << "), workspace " << m.workspace_bytes
+       << m.fallback_state_bytes << ", filter " << m.filter_state_bytes;
+    if (m.master_weight_bytes > 0) os << ", master weights " << m.master_weight_bytes;
+    os << "), workspace " << m.workspace_bytes
        << " B, backend scratch " << m.backend_scratch_bytes << " B";
     return os;
   }
@@ -159,9 +163,21 @@ struct Telemetry {
   }
 };
 
+// Per-call options of step().
+struct StepOptions {
+  // Mixed precision: the gradients hold (loss * S)'s gradient; pass 1 / S. Gradients are
+  // unscaled in workspace (the trainer's buffers are not written), and any NaN / Inf gradient
+  // skips the whole step and sets StepResult::overflow. value_type gradients need
+  // Options::loss_scaling = true.
+  std::optional<double> inv_scale{};
+};
+
 struct StepResult {
   std::uint64_t step = 0;  // steps taken so far, this one included
   std::span<const ParamId> skipped{};
+  // A loss-scaled step (StepOptions::inv_scale) met a non-finite gradient and skipped every
+  // tensor: the loss scale is too large (lower it and go on, as torch's GradScaler does).
+  bool overflow = false;
   ConstraintStats constraint{};
   // The learning rates this step used: the base rates times the schedule's multiplier (the
   // matrix path's lr before its per-tensor shape / modular factors).

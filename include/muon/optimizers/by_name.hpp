@@ -77,9 +77,9 @@ class AnyOptimizer {
     return add_tensor(std::move(name), p, g, options);
   }
 
-  virtual ParamId add_tensor(std::string name, TensorRef<value_type> param, TensorRef<const value_type> grad,
+  virtual ParamId add_tensor(std::string name, detail::ParamBinding param, detail::GradBinding grad,
                              ParamOptions options) = 0;
-  virtual StepResult step() = 0;
+  virtual StepResult step(StepOptions options = {}) = 0;
   [[nodiscard]] virtual RoutingReport routing_report() const = 0;
   [[nodiscard]] virtual MemoryReport memory_report() = 0;
   [[nodiscard]] virtual double lr() const = 0;
@@ -248,10 +248,10 @@ class Handle final : public AnyOptimizer<typename Opt::backend_type> {
   Handle(std::string kind, typename Opt::Options options, typename Opt::backend_type backend)
       : kind_(std::move(kind)), opt_(std::move(options), std::move(backend)) {}
 
-  ParamId add_tensor(std::string name, TensorRef<T> p, TensorRef<const T> g, ParamOptions o) override {
-    return opt_.add(std::move(name), p, g, o);
+  ParamId add_tensor(std::string name, detail::ParamBinding p, detail::GradBinding g, ParamOptions o) override {
+    return opt_.add_binding(std::move(name), p, g, o);
   }
-  StepResult step() override { return opt_.step(); }
+  StepResult step(StepOptions options = {}) override { return opt_.step(options); }
   RoutingReport routing_report() const override { return opt_.routing_report(); }
   MemoryReport memory_report() override { return opt_.memory_report(); }
   double lr() const override { return opt_.lr(); }
