@@ -33,6 +33,8 @@ TEST_CASE("preset values", "[presets]") {
   const auto p5 = muon::presets::quantized<B>();
   CHECK(p5.options.filter.lamb == 2.0);
   CHECK(p5.metadata.master_weights);
+  CHECK(p5.options.loss_scaling);
+  CHECK_FALSE(muon::presets::pretraining<B>().options.loss_scaling);
 
   const auto p6 = muon::presets::prompt_baking<B>();
   CHECK_FALSE(p6.options.enable_muon);
@@ -72,4 +74,23 @@ TEST_CASE("make_optimizer knows the clip compositions and their fields", "[prese
   for (int h = 0; h < 4; ++h) CHECK(wq.middleRows(4 * h, 4).norm() <= 0.5f * (1 + 1e-5f));
   CHECK_THROWS_WITH(muon::make_optimizer<B>("muon_clip", muon::parse_config("constraint.mode=soft")),
                     Catch::Contains("'soft' is not one of logit, weight_norm"));
+}
+
+TEST_CASE("the quantized preset trains bf16 weights through master copies with a loss scale", "[presets][master_weights]") {
+  using B = muon::backend::Eigen<float>;
+  Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic> w(16, 16);
+  Eigen::MatrixXf g(16, 16);
+  for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = Eigen::bfloat16(0.1f * std::sin(0.3f * static_cast<float>(i)));
+  const auto w0 = w;
+  auto preset = muon::presets::quantized<B>();
+  muon::MuonGrokfastClip<B> opt(preset.options);
+  opt.add("w", w, g);
+  for (int t = 0; t < 3; ++t) {
+    for (Eigen::Index i = 0; i < g.size(); ++i) g.data()[i] = 256.0f * std::cos(0.7f * static_cast<float>(t + i));
+    const auto r = opt.step({.inv_scale = 1.0 / 256.0});
+    REQUIRE(r.all_applied());
+    REQUIRE_FALSE(r.overflow);
+  }
+  CHECK(opt.memory_report().master_weight_bytes == 16 * 16 * sizeof(float));
+  CHECK(w != w0);
 }

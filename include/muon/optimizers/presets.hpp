@@ -9,12 +9,13 @@
 //               betas (0.9, 0.999), weight decay 0.01
 //   pretraining (phase 1)  lamb 0.05
 //   rl          (phase 3)  Muon lr 5e-4, lamb 0.1, max_head_norm 25, KL coefficient 0.1
-//   quantized   (phase 5)  lamb 2.0, master weights requested (see below)
+//   quantized   (phase 5)  lamb 2.0, master weights (see below), loss_scaling on
 //   prompt_baking (phase 6) lamb 0.05, Muon off (enable_muon = false)
 //   svf         (phase 7)  lamb 0.05, Muon off, KL coefficient 0.2
-// The KL coefficient is the trainer's (a loss term), carried as metadata. Master weights are
-// carried as metadata too: the optimizer does not keep an fp32 master copy yet, so a trainer
-// that uses the quantized preset must keep its own full-precision weights and register those.
+// The KL coefficient is the trainer's (a loss term), carried as metadata. master_weights says
+// how the phase registers its tensors: the 16-bit weights themselves (bf16 / fp16) or quantized
+// views (ParamOptions::fake_quant_bits); the optimizer then keeps the fp32 master copy
+// (core/master_weights.hpp). loss_scaling lets steps take an inverse loss scale.
 #include <optional>
 #include <string_view>
 
@@ -33,7 +34,7 @@ struct PresetMetadata {
   std::string_view name;
   int phase = 0;
   std::optional<double> kl_coefficient{};  // for the trainer's loss, not used by the optimizer
-  bool master_weights = false;             // requested; not provided by the optimizer yet
+  bool master_weights = false;             // register 16-bit tensors / quantized views (master kept by the optimizer)
 };
 
 template <class B>
@@ -73,6 +74,7 @@ template <class B>
 [[nodiscard]] Preset<B> quantized() {
   auto o = common<B>();
   o.filter.lamb = 2.0;
+  o.loss_scaling = true;
   return {o, {"quantized", 5, std::nullopt, true}};
 }
 
