@@ -428,7 +428,35 @@ class Optimizer {
   // unknown tensors) before anything changes; on any mismatch it throws muon::Error and the
   // optimizer (and the parameters) stay exactly as they were. Restores the step count and both
   // learning rates (a schedule's current values); other hyperparameters stay as constructed.
-  void load(std::istream& is) {
+  void load(std::istream& is) { load_checkpoint(is, true); }
+
+  // Every check load() makes, without loading: throws muon::Error where load() would, changes
+  // nothing. (Model-level optimizers check every group's checkpoint before loading any.)
+  void validate_checkpoint(std::istream& is) { load_checkpoint(is, false); }
+
+  // The names of the tensors whose gradient now holds NaN or Inf (one pass over the gradients
+  // and one host read; nothing changes). Model-level optimizers use it to decide for all their
+  // groups at once.
+  [[nodiscard]] std::vector<std::string> non_finite_gradients() {
+    ensure_workspace();
+    check_gradients_counts();
+    std::vector<std::string> names;
+    for (ParamId i = 0; i < entries_.size(); ++i)
+      if (flags_host_[i] != 0) names.push_back(entries_[i].info.name);
+    return names;
+  }
+
+  // Counts a step without touching any tensor or state (every tensor is listed as skipped), so
+  // the step count and the schedule stay in line with optimizers that skipped the same step.
+  StepResult skip() {
+    skipped_.clear();
+    for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
+    ++steps_taken_;
+    return {steps_taken_, std::span<const ParamId>(skipped_), false, {}, 0.0, 0.0, nullptr};
+  }
+
+ private:
+  void load_checkpoint(std::istream& is, bool commit) {
     detail::CheckpointContents c = detail::read_checkpoint(is, sizeof(T));
     auto& staged = c.tensors;
     const bool has_parameters = c.has_parameters;
@@ -472,6 +500,7 @@ class Optimizer {
     for (const auto& [name, st] : staged)
       if (!st.matched) detail::fail("checkpoint: tensor '" + name + "' is not registered with this optimizer");
 
+    if (!commit) return;
     ensure_workspace();  // refreshing 16-bit copies below uses it
     // ---- commit: nothing below can fail ----
     for (ParamId id = 0; id < entries_.size(); ++id) {
@@ -502,7 +531,6 @@ class Optimizer {
     backend_.synchronize();
   }
 
- private:
   using T = value_type;
   using Buffer = typename B::template Buffer<T>;
 
@@ -824,8 +852,7 @@ class Optimizer {
   // Counts non-finite entries of every gradient on the backend and reads the per-tensor flags
   // once. Fills bad_ and skipped_; under throw_error, throws before any state changes. (The
   // raw gradients are checked: an overflow of a loss-scaled gradient shows as Inf already.)
-  void check_gradients() {
-    skipped_.clear();
+  void check_gradients_counts() {
     auto* flags = flags_.data();
     auto count = [&](const detail::GradSource& src, backend::MatrixView<const T> shape, ParamId id) {
       workspace_.reset();
@@ -834,6 +861,10 @@ class Optimizer {
     for (const auto& s : matrix_slots_) count(s.grad, s.g, s.id);
     for (const auto& s : fallback_slots_) count(s.grad, s.g, s.id);
     backend_.read(flags, std::span<typename B::accum_type>(flags_host_));
+  }
+  void check_gradients() {
+    skipped_.clear();
+    check_gradients_counts();
     for (ParamId i = 0; i < entries_.size(); ++i) {
       bad_[i] = flags_host_[i] != 0;
       if (bad_[i]) skipped_.push_back(i);

@@ -12,8 +12,9 @@ namespace muon {
 
 // What a tensor is for in the model. The router sends embeddings, output heads, norms and biases
 // to the fallback optimizer whatever their shape; `query` and `key` mark attention projections
-// for constraints that act on them.
-enum class Role { none, embedding, output_head, norm, bias, query, key };
+// for constraints that act on them; `router_gate` marks an MoE router's gate matrix (one row
+// per expert), which model-level manifold optimizers keep on per-row spheres.
+enum class Role { none, embedding, output_head, norm, bias, query, key, router_gate };
 
 // The two ways a parameter is updated.
 enum class Path {
@@ -30,6 +31,7 @@ enum class Path {
     case Role::bias: return "bias";
     case Role::query: return "query";
     case Role::key: return "key";
+    case Role::router_gate: return "router_gate";
   }
   return "?";
 }
