@@ -91,3 +91,22 @@ TEST_CASE("unknown names, fields and bad values are clear errors", "[by_name][ba
   CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("filter.lamb=1")),
                     Catch::Contains("has no option 'filter.lamb'"));  // muon has no filter
 }
+
+TEST_CASE("schedules, loss scaling and modular scaling by name", "[by_name][schedule]") {
+  using B = muon::backend::Eigen<double>;
+  auto opt = muon::make_optimizer<B>(
+      "muon", muon::parse_config("lr=0.1, schedule=warmup_cosine, schedule.warmup_steps=2, schedule.total_steps=10, "
+                                 "schedule.min_lr_ratio=0.5, loss_scaling=true, fallback.lr=0.01"));
+  Eigen::MatrixXd w = Eigen::MatrixXd::Ones(4, 6), g = Eigen::MatrixXd::Constant(4, 6, 2.0);
+  opt->add("w", w, g);
+  const auto r1 = opt->step({.inv_scale = 0.5});
+  CHECK(r1.lr == Approx(0.05));  // warmup: 1/2 of 0.1
+  CHECK(r1.fallback_lr == Approx(0.005));
+  CHECK(opt->step().lr == Approx(0.1));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("schedule.total_steps=10")),
+                    Catch::Contains("schedule = warmup_cosine"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("schedule=warmup_cosine")),
+                    Catch::Contains("total_steps"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("modular.shape=true")), Catch::Contains("lr_adjust"));
+  CHECK_NOTHROW(muon::make_optimizer<B>("muon", muon::parse_config("modular.shape=true, lr_adjust=none")));
+}

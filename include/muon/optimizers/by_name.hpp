@@ -13,7 +13,8 @@
 // orthogonalizer.steps / .eps / .eps_mode / .a / .b / .c, filter.alpha / .lamb (Grokfast),
 // constraint.mode / .tau / .max_head_norm / .alpha (QK-Clip),
 // fallback.lr / .beta1 / .beta2 / .eps / .weight_decay (AdamW), .momentum / .dampening /
-// .nesterov (SGD). For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
+// .nesterov (SGD), schedule = constant | warmup_cosine with schedule.warmup_steps /
+// .total_steps / .min_lr_ratio, loss_scaling, modular.depth / .shape. For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
 // fields are accepted without the prefix too (lr=1e-3). An unknown name or field, or a value that does not parse, throws muon::Error
 // that says which, and lists what is accepted.
 //
@@ -211,10 +212,20 @@ inline void bind(Fields& f, policy::Lion::Options& o, const std::string& p = "fa
   f.add(p + "weight_decay", o.weight_decay);
 }
 
+enum class ScheduleKind { constant, warmup_cosine };
+
 template <class Opt>
 typename Opt::Options options_from(const Config& config, const std::string& kind, bool matrix_path) {
   typename Opt::Options o;
   Fields f;
+  ScheduleKind schedule = ScheduleKind::constant;
+  index_t warmup_steps = 0, total_steps = 0;
+  double min_lr_ratio = Schedule::WarmupCosine{}.min_lr_ratio;
+  f.add_enum("schedule", schedule, {{"constant", ScheduleKind::constant}, {"warmup_cosine", ScheduleKind::warmup_cosine}});
+  f.add("schedule.warmup_steps", warmup_steps);
+  f.add("schedule.total_steps", total_steps);
+  f.add("schedule.min_lr_ratio", min_lr_ratio);
+  f.add("loss_scaling", o.loss_scaling);
   if (matrix_path) {
     f.add("lr", o.lr);
     f.add("momentum", o.momentum);
@@ -224,6 +235,8 @@ typename Opt::Options options_from(const Config& config, const std::string& kind
                {{"none", LrAdjust::none}, {"original", LrAdjust::original}, {"match_rms_adamw", LrAdjust::match_rms_adamw}});
     f.add("enable_muon", o.enable_muon);
     f.add("enable_constraint", o.enable_constraint);
+    f.add("modular.depth", o.modular.depth);
+    f.add("modular.shape", o.modular.shape);
     bind(f, o.router);
     bind(f, o.orthogonalizer);
     bind(f, o.constraint);
@@ -238,6 +251,14 @@ typename Opt::Options options_from(const Config& config, const std::string& kind
   // One optimizer for every tensor: its options also go without the "fallback." prefix.
   if (!matrix_path) bind(f, o.fallback, "");
   f.apply(config, kind);
+  if (schedule == ScheduleKind::warmup_cosine) {
+    if (warmup_steps < 0 || total_steps < 0) detail::fail("config '" + kind + "': schedule steps must be >= 0");
+    o.schedule = Schedule::warmup_cosine({.warmup_steps = static_cast<std::uint64_t>(warmup_steps),
+                                          .total_steps = static_cast<std::uint64_t>(total_steps),
+                                          .min_lr_ratio = min_lr_ratio});
+  } else if (warmup_steps != 0 || total_steps != 0 || config.count("schedule.min_lr_ratio")) {
+    detail::fail("config '" + kind + "': schedule.* options need schedule = warmup_cosine");
+  }
   return o;
 }
 
