@@ -106,3 +106,35 @@ TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation
     check_steps_allocate_nothing(opt);
   }
 }
+
+TEST_CASE("master weights, quantized views, loss scaling and schedules allocate nothing after the first step",
+          "[allocation][master_weights]") {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic>;
+  Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic> w(256, 192);
+  Eigen::Matrix<Eigen::half, Eigen::Dynamic, Eigen::Dynamic> gw(256, 192);
+  Mat view = Mat::Random(128, 64), gview = Mat::Random(128, 64);
+  Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, 1> b(64), gb(64);
+  for (Eigen::Index i = 0; i < w.size(); ++i) {
+    w.data()[i] = Eigen::bfloat16(0.01f * static_cast<float>(i % 17));
+    gw.data()[i] = Eigen::half(64.0f * static_cast<float>(i % 5));
+  }
+  for (Eigen::Index i = 0; i < b.size(); ++i) b[i] = gb[i] = Eigen::bfloat16(0.5f);
+  muon::Muon<muon::backend::Eigen<float>> opt(
+      {.loss_scaling = true, .schedule = muon::Schedule::warmup_cosine({.warmup_steps = 2, .total_steps = 100})});
+  opt.add("w", w, gw);
+  opt.add("view", view, gview, {.fake_quant_bits = 4});
+  opt.add("b", b, gb, {.role = muon::Role::bias});
+  opt.step({.inv_scale = 1.0 / 64.0});
+  g_news = 0;
+  g_eigen_mallocs = 0;
+  g_counting = true;
+  Eigen::internal::set_is_malloc_allowed(false);
+  for (int i = 0; i < 3; ++i) opt.step({.inv_scale = 1.0 / 64.0});
+  gw(3, 3) = Eigen::half(std::numeric_limits<float>::infinity());
+  const bool overflow = opt.step({.inv_scale = 1.0 / 64.0}).overflow;
+  Eigen::internal::set_is_malloc_allowed(true);
+  g_counting = false;
+  CHECK(overflow);
+  CHECK(g_news.load() == 0);
+  CHECK(g_eigen_mallocs.load() == 0);
+}
