@@ -13,6 +13,7 @@
 #include "muon/core/report.hpp"
 #include "muon/core/tensor.hpp"
 
+#include "muon/policy/constraint/hypersphere.hpp"
 #include "muon/policy/constraint/none.hpp"
 #include "muon/policy/constraint/qk_clip.hpp"
 #include "muon/policy/fallback/adamw.hpp"
@@ -25,10 +26,12 @@
 #include "muon/policy/orthogonalizer/polar_express.hpp"
 #include "muon/policy/orthogonalizer/svd_polar.hpp"
 #include "muon/policy/router/fallback_only.hpp"
+#include "muon/policy/router/rank.hpp"
 #include "muon/policy/router/shape_role.hpp"
 
 #include "muon/optimizers/grokfast.hpp"
 #include "muon/optimizers/by_name.hpp"
+#include "muon/optimizers/manifold.hpp"
 #include "muon/optimizers/muon.hpp"
 #include "muon/optimizers/presets.hpp"
 
