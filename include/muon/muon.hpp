@@ -16,6 +16,7 @@
 #include "muon/policy/constraint/hypersphere.hpp"
 #include "muon/policy/constraint/none.hpp"
 #include "muon/policy/constraint/qk_clip.hpp"
+#include "muon/policy/constraint/stiefel.hpp"
 #include "muon/policy/fallback/adamw.hpp"
 #include "muon/policy/fallback/lion.hpp"
 #include "muon/policy/fallback/sgd.hpp"
