@@ -96,6 +96,16 @@ TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation
     opt.add("b", b, gb, {.role = muon::Role::bias});
     check_steps_allocate_nothing(opt);
   }
+  SECTION("Hypersphere, both retractions, row-major stack and column-major matrices") {
+    for (const auto mode : {muon::policy::SphereRetraction::renormalize, muon::policy::SphereRetraction::analytic}) {
+      muon::HypersphereMuon<muon::backend::Eigen<T>> opt({.constraint = {.retraction = mode}});
+      opt.add("emb", emb, gemb, {.role = muon::Role::embedding});
+      opt.add("w2", w2, g2);
+      opt.add("experts", muon::raw(experts.data(), {4, 64, 96}), muon::raw(gexperts.data(), {4, 64, 96}));
+      opt.add("b", b, gb, {.role = muon::Role::bias});
+      check_steps_allocate_nothing(opt);
+    }
+  }
   SECTION("Polar Express, SGD with momentum") {
     muon::Optimizer<muon::backend::Eigen<T>, muon::policy::NoFilter, muon::policy::ShapeRoleRouter,
                     muon::policy::PolarExpress, muon::policy::NoConstraint, muon::policy::SGD>

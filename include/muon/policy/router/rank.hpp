@@ -1,7 +1,7 @@
 #pragma once
 // RankRouter: the matrix path for every rank-2 or rank-3 tensor that is not a gain or a bias,
-// embeddings and output heads included. It is the router for constraints that act on the rows
-// of any matrix (policy::Hypersphere keeps embedding rows at unit norm), where
+// embeddings, output heads and router gates included. It is the router for constraints that act
+// on the rows of any matrix (policy::Hypersphere keeps embedding rows at unit norm), where
 // ShapeRoleRouter's Muon-specific rules (embeddings and heads to the fallback, skinny matrices
 // to the fallback) would keep the constraint away from exactly the tensors it is for.
 //
