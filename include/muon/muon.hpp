@@ -33,6 +33,7 @@
 #include "muon/optimizers/grokfast.hpp"
 #include "muon/optimizers/by_name.hpp"
 #include "muon/optimizers/manifold.hpp"
+#include "muon/optimizers/manifold_model.hpp"
 #include "muon/optimizers/muon.hpp"
 #include "muon/optimizers/presets.hpp"
 

@@ -1,0 +1,354 @@
+#pragma once
+// ManifoldModel: one optimizer object for a whole MoE transformer, after the manifold Muon
+// guide's table. It routes every tensor by its role to a group, and steps, saves and loads the
+// groups together:
+//
+//   role                                   group          update
+//   embedding, output_head (tied or not)   embeddings     HypersphereMuon: unit-norm rows
+//   router_gate                            router_gates   HypersphereMuon: unit-norm rows (one per expert)
+//   norm, bias, and any rank < 2 tensor    norms          AdamW, lr x norm_lr_scale (10: the guide's)
+//   everything else (QKV, attention        stiefel        StiefelMuon: W^T W = I (W W^T for wide),
+//   output, expert up / down, 3-D stacks)                  per slice for stacks
+//
+// Each group is an ordinary composition (optimizers/manifold.hpp, core/optimizer.hpp) whose
+// options are set from these: one base lr times a per-group scale, one schedule, one NaN/Inf
+// policy. A step decides about non-finite gradients for all groups at once (so skip_step and
+// loss-scale overflow skip every group, and throw_error throws before any group moved), then
+// steps each group. save() writes every group's checkpoint into one stream; load() checks all
+// of them before it loads any.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <istream>
+#include <iterator>
+#include <map>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "muon/core/checkpoint.hpp"
+#include "muon/core/error.hpp"
+#include "muon/core/optimizer.hpp"
+#include "muon/core/validate.hpp"
+#include "muon/optimizers/manifold.hpp"
+#include "muon/policy/constraint/none.hpp"
+#include "muon/policy/fallback/adamw.hpp"
+#include "muon/policy/filter/none.hpp"
+#include "muon/policy/orthogonalizer/newton_schulz.hpp"
+#include "muon/policy/router/fallback_only.hpp"
+
+namespace muon {
+
+// What one ManifoldModel step did, over all groups.
+struct ModelStepResult {
+  std::uint64_t step = 0;             // steps taken, this one included
+  std::vector<std::string> skipped;   // tensors left alone (non-finite gradients, or the whole step)
+  bool overflow = false;              // a loss-scaled step met NaN/Inf and skipped every group
+  ConstraintStats constraint{};       // Stiefel and sphere numbers, merged over the groups
+  double lr = 0;                      // the base lr times the schedule (each group scales it)
+  [[nodiscard]] bool all_applied() const { return skipped.empty(); }
+};
+
+template <class B>
+class ManifoldModel {
+ public:
+  using Stiefel = StiefelMuon<B>;
+  using Sphere = HypersphereMuon<B>;
+  using Norms = Optimizer<B, policy::NoFilter, policy::FallbackOnlyRouter, policy::NewtonSchulz, policy::NoConstraint,
+                         policy::AdamW>;
+
+  struct Options {
+    double lr = 0.02;                   // base lr (the guide's); each group gets lr x its scale
+    double stiefel_lr_scale = 1.0;      // projections
+    double embedding_lr_scale = 1.0;    // embeddings / output heads
+    double router_gate_lr_scale = 1.0;  // MoE router gates
+    double norm_lr_scale = 10.0;        // norms and biases (AdamW): "lr x 10"
+    Schedule schedule{};                // shared by every group
+    NonFinitePolicy non_finite = NonFinitePolicy::skip_parameter;
+    bool loss_scaling = false;          // lets step({.inv_scale}) unscale fp32 gradients
+    // The groups' own options; their lr, schedule, non_finite and loss_scaling are set from
+    // the fields above (whatever is written there).
+    typename Stiefel::Options stiefel{.lr_adjust = LrAdjust::none};
+    typename Sphere::Options embeddings{.lr_adjust = LrAdjust::none};
+    typename Sphere::Options router_gates{.lr_adjust = LrAdjust::none};
+    typename Norms::Options norms{.fallback = {.weight_decay = 0.01}};
+  };
+
+  explicit ManifoldModel(Options options = {}, B backend = B{})
+      : options_(validated(std::move(options))),
+        stiefel_(group_options(options_.stiefel, options_.stiefel_lr_scale), backend),
+        embeddings_(group_options(options_.embeddings, options_.embedding_lr_scale), backend),
+        router_gates_(group_options(options_.router_gates, options_.router_gate_lr_scale), backend),
+        norms_(norms_options(options_), std::move(backend)) {}
+
+  // Registers a tensor with the group its role (and rank) selects; returns the group's name.
+  template <TensorLike P, TensorLike G>
+  std::string add(std::string name, P&& param, G&& grad, ParamOptions options = {}) {
+    if (groups_.count(name)) detail::fail_param(name, "a parameter with this name is already registered");
+    const Shape shape = as_tensor(param).shape;
+    const std::string group = group_for(options.role, shape);
+    ParamOptions o = options;
+    if (group != "norms") o.path = Path::matrix;  // the group's router must not send it elsewhere
+    if (group == "stiefel")
+      stiefel_.add(name, std::forward<P>(param), std::forward<G>(grad), o);
+    else if (group == "embeddings")
+      embeddings_.add(name, std::forward<P>(param), std::forward<G>(grad), o);
+    else if (group == "router_gates")
+      router_gates_.add(name, std::forward<P>(param), std::forward<G>(grad), o);
+    else
+      norms_.add(name, std::forward<P>(param), std::forward<G>(grad), o);
+    groups_.emplace(std::move(name), group);
+    return group;
+  }
+
+  ModelStepResult step(StepOptions step_options = {}) {
+    // Every check before any group moves.
+    if (step_options.inv_scale) {
+      const double v = *step_options.inv_scale;
+      if (!std::isfinite(v) || !(v > 0))
+        detail::fail("ManifoldModel::step: inv_scale must be finite and > 0, got " + detail::format_value(v));
+      if (!options_.loss_scaling)
+        detail::fail("ManifoldModel::step: inv_scale given; construct with Options::loss_scaling = true");
+    }
+    const double multiplier = options_.schedule(steps_taken_ + 1);
+    std::vector<std::string> bad;
+    for_each_group([&](auto& g) {
+      for (auto& n : g.non_finite_gradients()) bad.push_back(std::move(n));
+    });
+    ModelStepResult result;
+    result.lr = options_.lr * multiplier;
+    const bool skip_all =
+        !bad.empty() && (options_.non_finite == NonFinitePolicy::skip_step || step_options.inv_scale.has_value());
+    if (!bad.empty() && options_.non_finite == NonFinitePolicy::throw_error)
+      detail::fail_param(bad.front(), "gradient has non-finite (NaN/Inf) values; nothing was updated");
+    if (skip_all) {
+      for_each_group([&](auto& g) {
+        g.skip();
+        for (std::size_t i = 0; i < g.size(); ++i) result.skipped.push_back(g.name(i));
+      });
+      result.overflow = step_options.inv_scale.has_value();
+    } else {
+      for_each_group([&](auto& g) {
+        const StepResult r = g.step(step_options);
+        for (ParamId id : r.skipped) result.skipped.push_back(g.name(id));
+        merge(result.constraint, r.constraint);
+      });
+    }
+    result.step = ++steps_taken_;
+    return result;
+  }
+
+  // ---- reports ----
+  [[nodiscard]] RoutingReport routing_report() const {
+    RoutingReport r;
+    for_each_group_const([&](const auto& g, const char* group) {
+      for (auto e : g.routing_report().entries) {
+        e.rule = std::string(group) + ": " + e.rule;
+        r.entries.push_back(std::move(e));
+      }
+    });
+    return r;
+  }
+  [[nodiscard]] MemoryReport memory_report() {
+    MemoryReport m;
+    for_each_group([&](auto& g) {
+      const MemoryReport x = g.memory_report();
+      m.matrix_state_bytes += x.matrix_state_bytes;
+      m.fallback_state_bytes += x.fallback_state_bytes;
+      m.filter_state_bytes += x.filter_state_bytes;
+      m.master_weight_bytes += x.master_weight_bytes;
+      m.workspace_bytes += x.workspace_bytes;  // each group holds its own
+      m.backend_scratch_bytes += x.backend_scratch_bytes;
+    });
+    return m;
+  }
+  // The group a registered tensor went to ("stiefel", "embeddings", "router_gates", "norms").
+  [[nodiscard]] const std::string& group(const std::string& name) const {
+    auto it = groups_.find(name);
+    if (it == groups_.end()) detail::fail("ManifoldModel: no parameter named '" + name + "'");
+    return it->second;
+  }
+
+  // ---- hyperparameters ----
+  [[nodiscard]] double lr() const { return options_.lr; }
+  // Sets the base lr: every group gets lr x its scale.
+  void set_lr(double lr) {
+    detail::require_non_negative("ManifoldModel", "lr", lr);
+    options_.lr = lr;
+    stiefel_.set_lr(lr * options_.stiefel_lr_scale);
+    embeddings_.set_lr(lr * options_.embedding_lr_scale);
+    router_gates_.set_lr(lr * options_.router_gate_lr_scale);
+    norms_.set_fallback_lr(lr * options_.norm_lr_scale);
+  }
+  [[nodiscard]] std::uint64_t steps_taken() const { return steps_taken_; }
+  [[nodiscard]] const Options& options() const { return options_; }
+
+  // The groups, for what this object does not forward (constraint state, snapshots).
+  [[nodiscard]] Stiefel& stiefel() { return stiefel_; }
+  [[nodiscard]] Sphere& embeddings() { return embeddings_; }
+  [[nodiscard]] Sphere& router_gates() { return router_gates_; }
+  [[nodiscard]] Norms& norms() { return norms_; }
+
+  // ---- checkpoints ----
+  // Layout: "MUONMODL" u32 version (1) u64 steps u32 groups, per group: u32 name length, name,
+  // u64 size, the group's checkpoint (core/checkpoint.hpp, with its own checksum).
+  void save(std::ostream& os, typename Stiefel::SaveOptions save_options = {}) {
+    std::string out(k_magic, sizeof(k_magic));
+    append(out, k_version);
+    append(out, steps_taken_);
+    append(out, std::uint32_t{4});
+    for_each_group_named([&](auto& g, const char* group) {
+      std::ostringstream blob;
+      g.save(blob, {.parameters = save_options.parameters});
+      const std::string bytes = blob.str();
+      append(out, static_cast<std::uint32_t>(std::char_traits<char>::length(group)));
+      out += group;
+      append(out, static_cast<std::uint64_t>(bytes.size()));
+      out += bytes;
+    });
+    os.write(out.data(), static_cast<std::streamsize>(out.size()));
+    if (!os) detail::fail("ManifoldModel: writing the checkpoint failed");
+  }
+
+  // All or nothing: every group's checkpoint is checked against its group before any is loaded.
+  void load(std::istream& is) {
+    const std::string bytes{std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>()};
+    std::size_t pos = 0;
+    auto need = [&](std::size_t n) {
+      if (n > bytes.size() - pos) detail::fail("ManifoldModel checkpoint: truncated at byte " + std::to_string(pos));
+    };
+    need(sizeof(k_magic));
+    if (bytes.compare(0, sizeof(k_magic), k_magic, sizeof(k_magic)) != 0)
+      detail::fail("ManifoldModel checkpoint: not a model checkpoint (bad magic)");
+    pos = sizeof(k_magic);
+    auto get = [&]<class U>(U) {
+      need(sizeof(U));
+      U v{};
+      std::memcpy(&v, bytes.data() + pos, sizeof(U));  // little-endian hosts (as written)
+      pos += sizeof(U);
+      return v;
+    };
+    const auto version = get(std::uint32_t{});
+    if (version != k_version)
+      detail::fail("ManifoldModel checkpoint: version " + std::to_string(version) + " is not supported");
+    const auto steps = get(std::uint64_t{});
+    const auto count = get(std::uint32_t{});
+    std::map<std::string, std::string> blobs;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      const auto len = get(std::uint32_t{});
+      need(len);
+      std::string group = bytes.substr(pos, len);
+      pos += len;
+      const auto size = get(std::uint64_t{});
+      need(static_cast<std::size_t>(size));
+      blobs[group] = bytes.substr(pos, static_cast<std::size_t>(size));
+      pos += static_cast<std::size_t>(size);
+    }
+    if (pos != bytes.size()) detail::fail("ManifoldModel checkpoint: unexpected bytes after the last group");
+    for_each_group_named([&](auto& g, const char* group) {
+      auto it = blobs.find(group);
+      if (it == blobs.end()) detail::fail(std::string("ManifoldModel checkpoint: group '") + group + "' is missing");
+      std::istringstream blob(it->second);
+      try {
+        g.validate_checkpoint(blob);
+      } catch (const Error& e) {
+        detail::fail(std::string("ManifoldModel checkpoint, group '") + group + "': " + e.what());
+      }
+    });
+    for_each_group_named([&](auto& g, const char* group) {
+      std::istringstream blob(blobs.at(group));
+      g.load(blob);
+    });
+    steps_taken_ = steps;
+  }
+
+ private:
+  static constexpr char k_magic[8] = {'M', 'U', 'O', 'N', 'M', 'O', 'D', 'L'};
+  static constexpr std::uint32_t k_version = 1;
+
+  template <class U>
+  static void append(std::string& out, U v) {
+    out.append(reinterpret_cast<const char*>(&v), sizeof(U));
+  }
+
+  static Options validated(Options o) {
+    detail::require_non_negative("ManifoldModel", "lr", o.lr);
+    detail::require_non_negative("ManifoldModel", "stiefel_lr_scale", o.stiefel_lr_scale);
+    detail::require_non_negative("ManifoldModel", "embedding_lr_scale", o.embedding_lr_scale);
+    detail::require_non_negative("ManifoldModel", "router_gate_lr_scale", o.router_gate_lr_scale);
+    detail::require_non_negative("ManifoldModel", "norm_lr_scale", o.norm_lr_scale);
+    return o;
+  }
+  template <class GroupOptions>
+  GroupOptions group_options(GroupOptions g, double scale) const {
+    g.lr = options_.lr * scale;
+    g.schedule = options_.schedule;
+    g.non_finite = options_.non_finite;
+    g.loss_scaling = options_.loss_scaling;
+    return g;
+  }
+  static typename Norms::Options norms_options(const Options& o) {
+    typename Norms::Options g = o.norms;
+    g.fallback.lr = o.lr * o.norm_lr_scale;
+    g.schedule = o.schedule;
+    g.non_finite = o.non_finite;
+    g.loss_scaling = o.loss_scaling;
+    return g;
+  }
+
+  static std::string group_for(Role role, const Shape& shape) {
+    switch (role) {
+      case Role::embedding:
+      case Role::output_head: return "embeddings";
+      case Role::router_gate: return "router_gates";
+      case Role::norm:
+      case Role::bias: return "norms";
+      default: break;
+    }
+    return shape.rank() < 2 ? "norms" : "stiefel";
+  }
+
+  static void merge(ConstraintStats& into, const ConstraintStats& s) {
+    into.clipped_heads += s.clipped_heads;
+    into.max_head_value = std::max(into.max_head_value, s.max_head_value);
+    into.dual_iterations += s.dual_iterations;
+    into.max_residual = std::max(into.max_residual, s.max_residual);
+    into.max_stiefel_error = std::max(into.max_stiefel_error, s.max_stiefel_error);
+    into.max_sphere_error = std::max(into.max_sphere_error, s.max_sphere_error);
+  }
+
+  template <class F>
+  void for_each_group(F&& f) {
+    f(stiefel_);
+    f(embeddings_);
+    f(router_gates_);
+    f(norms_);
+  }
+  template <class F>
+  void for_each_group_named(F&& f) {
+    f(stiefel_, "stiefel");
+    f(embeddings_, "embeddings");
+    f(router_gates_, "router_gates");
+    f(norms_, "norms");
+  }
+  template <class F>
+  void for_each_group_const(F&& f) const {
+    f(stiefel_, "stiefel");
+    f(embeddings_, "embeddings");
+    f(router_gates_, "router_gates");
+    f(norms_, "norms");
+  }
+
+  Options options_;
+  Stiefel stiefel_;
+  Sphere embeddings_;
+  Sphere router_gates_;
+  Norms norms_;
+  std::map<std::string, std::string> groups_;  // parameter name -> group
+  std::uint64_t steps_taken_ = 0;
+};
+
+}  // namespace muon
