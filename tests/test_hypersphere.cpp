@@ -174,14 +174,14 @@ struct Model {
   RowMat<T> emb, gemb;                // 64 x 16, role embedding (RankRouter: matrix path)
   RowMat<T> gate, ggate;              // 8 x 32, an MoE router gate
   std::vector<T> stack, gstack;       // 3 x 12 x 20
-  ColMat<T> cm, gcm;                  // 24 x 10, column-major (stored transposed)
+  ColMat<T> cm, gcm;                  // 24 x 70, column-major (stored transposed: 70 physical rows)
   Eigen::Matrix<T, Eigen::Dynamic, 1> bias, gbias;  // a bias: fallback
   Opt<T> opt;
   std::mt19937 rng;
 
   Model(typename Opt<T>::Options o, bool unit_start, std::uint32_t seed = 11)
-      : emb(64, 16), gemb(64, 16), gate(8, 32), ggate(8, 32), stack(3 * 12 * 20), gstack(stack.size()), cm(24, 10),
-        gcm(24, 10), bias(16), gbias(16), opt(o), rng(seed) {
+      : emb(64, 16), gemb(64, 16), gate(8, 32), ggate(8, 32), stack(3 * 12 * 20), gstack(stack.size()), cm(24, 70),
+        gcm(24, 70), bias(16), gbias(16), opt(o), rng(seed) {
     fill_normal(emb, rng, 0.3);
     fill_normal(gate, rng, 2.0);
     fill_normal(stack, rng, 1.0);
@@ -364,12 +364,18 @@ TEMPLATE_TEST_CASE("Hypersphere: the direction is a unit tangent descent directi
   using T = TestType;
   const double eps = std::is_same_v<T, float> ? 1e-6 : 1e-14;
   for (const auto mode : {SphereRetraction::renormalize, SphereRetraction::analytic}) {
-    for (const bool transposed : {false, true}) {
-      // 3 slices of 7 x 5 row-major, or one 7 x 5 logical matrix stored transposed. Renormalize
-      // projects onto the tangent space at w / ||w||, so it gets rows of norm 3 (off the sphere,
-      // as at registration); analytic assumes unit rows.
+    struct Case {
+      bool transposed;
+      index_t batch, rows, cols;
+    };
+    // 3 slices of 7 x 5 row-major; a 7 x 5 logical matrix stored transposed; a 9 x 70 one (70
+    // physical rows: the column sums run over three blocks, the last one partial).
+    for (const Case& shape : {Case{false, 3, 7, 5}, Case{true, 1, 7, 5}, Case{true, 1, 9, 70}}) {
+      const bool transposed = shape.transposed;
+      const index_t batch = shape.batch, rows = shape.rows, cols = shape.cols;
+      // Renormalize projects onto the tangent space at w / ||w||, so it gets rows of norm 3 (off
+      // the sphere, as at registration); analytic assumes unit rows.
       const double radius = mode == SphereRetraction::renormalize ? 3.0 : 1.0;
-      const index_t batch = transposed ? 1 : 3, rows = 7, cols = 5;
       Direct<T> d({.retraction = mode}, transposed ? muon::Shape{rows, cols} : muon::Shape{batch, rows, cols});
       std::mt19937 rng(9);
       std::vector<T> w(static_cast<std::size_t>(batch * rows * cols)), u(w.size());
@@ -422,31 +428,30 @@ TEMPLATE_TEST_CASE("Hypersphere: the direction is a unit tangent descent directi
 }
 
 TEST_CASE("Hypersphere: tangent_eps decides which rows are radial", "[hypersphere]") {
-  // u = w + tau v with v a unit tangent: the tangent part is tau of the radial part.
   using T = double;
-  for (const double tau : {1e-9, 1e-3}) {
-    Direct<T> d({}, muon::Shape{1, 4});
-    std::vector<T> w{1, 0, 0, 0}, u{1, tau, 0, 0};
-    muon::MatrixParam<T> p{{w.data(), 1, 1, 4}, false, &d.info, 0.1};
-    d.sphere.direction(d.backend, d.state, d.orth, p, {u.data(), 1, 1, 4}, d.ws);
-    if (tau < 1e-6)
-      CHECK(u == std::vector<T>{0, 0, 0, 0});  // below tangent_eps = 1e-6: rounding-level tangent, no step
-    else
-      CHECK(u == std::vector<T>{0, 1, 0, 0});
-  }
-  {
-    // The rule compares with the radial part of u, |w . u| / ||w||, whatever the norm of w.
-    Direct<T> d({}, muon::Shape{1, 4});
-    std::vector<T> w{3, 0, 0, 0}, u{1, 2e-6, 0, 0};
-    muon::MatrixParam<T> p{{w.data(), 1, 1, 4}, false, &d.info, 0.1};
-    d.sphere.direction(d.backend, d.state, d.orth, p, {u.data(), 1, 1, 4}, d.ws);
-    CHECK(u == std::vector<T>{0, 1, 0, 0});
-  }
-  Direct<T> exact({.tangent_eps = 0}, muon::Shape{1, 4});
-  std::vector<T> w{1, 0, 0, 0}, u{1, 1e-9, 0, 0};
-  muon::MatrixParam<T> p{{w.data(), 1, 1, 4}, false, &exact.info, 0.1};
-  exact.sphere.direction(exact.backend, exact.state, exact.orth, p, {u.data(), 1, 1, 4}, exact.ws);
-  CHECK(u == std::vector<T>{0, 1, 0, 0});
+  // One row w, its update u, the tangent_eps: returns the direction.
+  auto direction = [](std::vector<T> w, std::vector<T> u, double eps) {
+    Direct<T> d({.tangent_eps = eps}, muon::Shape{1, static_cast<index_t>(w.size())});
+    const index_t n = static_cast<index_t>(w.size());
+    muon::MatrixParam<T> p{{w.data(), 1, 1, n}, false, &d.info, 0.1};
+    d.sphere.direction(d.backend, d.state, d.orth, p, {u.data(), 1, 1, n}, d.ws);
+    return u;
+  };
+  auto is = [](const std::vector<T>& a, const std::vector<T>& b) {
+    for (std::size_t k = 0; k < a.size(); ++k)
+      if (std::abs(a[k] - b[k]) > 1e-15) return false;
+    return true;
+  };
+  // u = w + tau v with v a unit tangent: the tangent part is tau of the radial part.
+  CHECK(is(direction({1, 0, 0, 0}, {1, 1e-9, 0, 0}, 1e-6), {0, 0, 0, 0}));  // below the default: no step
+  CHECK(is(direction({1, 0, 0, 0}, {1, 1e-3, 0, 0}, 1e-6), {0, 1, 0, 0}));
+  CHECK(is(direction({1, 0, 0, 0}, {1, 1e-9, 0, 0}, 0.0), {0, 1, 0, 0}));   // eps 0: any nonzero tangent part
+  CHECK(is(direction({1, 0, 0, 0}, {1, 0, 0, 0}, 0.0), {0, 0, 0, 0}));      // exactly radial: none
+  // The rule compares with the radial part of u, |w . u| / ||w||, whatever the norm of w.
+  CHECK(is(direction({3, 0, 0, 0}, {1, 2e-6, 0, 0}, 1e-6), {0, 1, 0, 0}));
+  // A tangent part below the smallest normal double is rounding residue: no step (and no
+  // overflow of 1 / ||t||).
+  CHECK(is(direction({1, 0, 0, 0}, {0, 1e-310, 0, 0}, 0.0), {0, 0, 0, 0}));
 }
 
 TEMPLATE_TEST_CASE("Hypersphere: zero rows, off-sphere rows and subnormal gradients give no NaN", "[hypersphere]", float,

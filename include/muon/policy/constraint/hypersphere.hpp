@@ -27,12 +27,14 @@
 // stays at 2e-16 (float 3e-8). It reproduces the reference and suits short runs away from
 // optima; train with renormalize. Weight decay is not undone in this mode.
 //
-// Rows without a direction. When ||t|| = 0 or ||t|| <= tangent_eps |w . u| / ||w|| (u radial to
-// that relative precision: a critical point on the sphere, where t is rounding noise whose
-// normalisation would be a random step) the row gets a = 0: no NaN, and the row stays where it
-// is (renormalize divides it by its own norm, 1 to rounding; analytic does not divide it, the
-// reference's choice). The default 1e-6 sits above float32 rounding of a unit row (a few 1e-7).
-// A zero row has no norm to divide by: it stays zero until it gets a gradient.
+// Rows without a direction. When ||t|| <= tangent_eps |w . u| / ||w|| (u radial to that
+// relative precision: a critical point on the sphere, where t is rounding noise whose
+// normalisation would be a random step), or ||t|| is 0 or below the smallest normal number of
+// the parameter type (rounding residue, and 1 / ||t|| would overflow), the row gets a = 0: no
+// NaN, and the row stays where it is (renormalize divides it by its own norm, 1 to rounding;
+// analytic does not divide it, the reference's choice). The default 1e-6 sits above float32
+// rounding of a unit row (a few 1e-7). A zero row has no norm to divide by: it stays zero until
+// it gets a gradient.
 //
 // What is reported: after the retraction the row norms are measured again and
 // State::sphere_error() / ConstraintStats::max_sphere_error hold max_r | ||w_r|| - 1 |, the error
@@ -40,14 +42,17 @@
 // the per-row numbers and one host read of one value per tensor and step.
 //
 // Layouts. Row-major storage: logical rows are contiguous, so the backend's per-slice reductions
-// on the view {data, batch * rows, 1, cols} give per-row numbers in accum memory. Transposed
-// storage (a column-major Eigen matrix): logical rows are physical columns; a functor per column
-// sums down it (in double) into value_type workspace.
+// and transform_slices on the view {data, batch * rows, 1, cols} work row by row (per-row
+// numbers in accum memory). Transposed storage (a column-major Eigen matrix): logical rows are
+// physical columns; a functor per column sums down it (in double) into value_type workspace, and
+// elementwise functors find their column from the flat index.
 //
-// Cost per tensor and step: about ten elementwise passes over W / u (reductions included), no
-// GEMM; workspace for a few numbers per row.
+// Cost per tensor and step: renormalize reads W four times and u three times and writes each
+// twice (eight passes over the tensor, reductions included; analytic six), plus O(rows) work on
+// per-row numbers; no GEMM. Workspace: a few numbers per row.
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <string>
 
@@ -98,9 +103,9 @@ class Hypersphere {
     index_t rows_ = 0;
     bool measured_ = false;
     double error_ = 0;
-    // Analytic mode: per-row 1 / 0 (the row got a direction), written by direction() into the
-    // workspace and read by retract() of the same tensor and step (the workspace is reset only
-    // between tensors). Empty when direction() did not run before retract().
+    // Analytic mode: the per-row direction scales (0: the row got no direction), written by
+    // direction() into the workspace and read by retract() of the same tensor and step (the
+    // workspace is reset only between tensors). Empty when direction() did not run first.
     backend::MatrixView<value_type> moved_{};
   };
 
@@ -119,19 +124,21 @@ class Hypersphere {
     return s;
   }
 
-  // Per-row arrays (n = batch * rows), the largest of the four cases. Row-major: w . u, w . w,
-  // ||t||, the norms before dividing and after in accum memory (renormalize; analytic needs three
-  // of them), plus the analytic flags and the deviations in value memory. Transposed: the same
-  // per-row numbers live in value memory, at most six arrays (renormalize: five and the
-  // deviations; analytic: w . u, ||t||, flags, norms after, deviations). ParamInfo does not carry
-  // the layout, so the plan covers both; one accum holds the max deviation. The orthogonalizer
-  // is not used.
+  // Per-row arrays (n = batch * rows). The reductions (w . u, w . w, ||t||, the norms before
+  // dividing and after) go to accum memory for row-major storage and to value memory for
+  // transposed storage, which also needs the column sums' partials (one per block of k_block
+  // logical columns, taken by direction and by retract); ParamInfo does not carry the layout, so
+  // both are planned. Either layout adds three value arrays (the projection coefficients, the
+  // direction scales, which double as the analytic flags, and the deviations) and one accum (the
+  // max deviation). The orthogonalizer is not used.
   template <class B, class O>
   [[nodiscard]] WorkspaceNeed plan(B&, const O&, const ParamInfo& info) const {
     const index_t n = logical_rows(info);
+    const index_t partials = info.shape.batch() * ColumnRows<B>::blocks(info.shape.cols()) * info.shape.rows();
     WorkspaceNeed need;
     for (int k = 0; k < 5; ++k) need.add_accums(n);
-    for (int k = 0; k < 6; ++k) need.add_matrix(1, 1, n);
+    for (int k = 0; k < 5 + 3; ++k) need.add_matrix(1, 1, n);
+    need.add_matrix(1, 1, partials).add_matrix(1, 1, partials);
     need.add_accums(1);
     return need;
   }
@@ -140,7 +147,7 @@ class Hypersphere {
   void direction(B& b, State<B>& s, O&, const MatrixParam<typename B::value_type>& p,
                  backend::MatrixView<typename B::value_type> u, Workspace<B>& ws) {
     if (p.transposed)
-      direction_with(b, s, p, u, ws, ColumnRows<B>{p.w.batch, p.w.rows, p.w.cols});
+      direction_with(b, s, p, u, ws, column_rows(p, ws));
     else
       direction_with(b, s, p, u, ws, ContiguousRows<B>{p.w.batch * p.w.rows, p.w.cols});
   }
@@ -148,7 +155,7 @@ class Hypersphere {
   template <class B, class O>
   void retract(B& b, State<B>& s, O&, const MatrixParam<typename B::value_type>& p, Workspace<B>& ws) {
     if (p.transposed)
-      retract_with(b, s, p, ws, ColumnRows<B>{p.w.batch, p.w.rows, p.w.cols});
+      retract_with(b, s, p, ws, column_rows(p, ws));
     else
       retract_with(b, s, p, ws, ContiguousRows<B>{p.w.batch * p.w.rows, p.w.cols});
   }
@@ -162,9 +169,12 @@ class Hypersphere {
  private:
   static index_t logical_rows(const ParamInfo& info) { return info.shape.batch() * info.shape.rows(); }
 
-  // ---- per-row reductions in the two layouts --------------------------------------------------
-  // Row-major: logical rows are contiguous; the view {data, rows, 1, cols} makes each a slice of
-  // the backend's reductions.
+  // ---- the two layouts ----------------------------------------------------------------------
+  // Each gives per-logical-row reductions (into R memory) and runs elementwise functors
+  // f(r, x...) that know the logical row r of their element.
+  //
+  // Row-major: logical rows are contiguous; the view {data, rows, 1, cols} makes each a slice
+  // of the backend's reductions and of transform_slices.
   template <class B>
   struct ContiguousRows {
     using T = typename B::value_type;
@@ -172,7 +182,8 @@ class Hypersphere {
     index_t rows, cols;  // all logical rows (every slice), row length
 
     [[nodiscard]] index_t count() const { return rows; }
-    [[nodiscard]] backend::MatrixView<const T> as_rows(backend::MatrixView<const T> x) const {
+    template <class V>
+    [[nodiscard]] V as_rows(V x) const {
       return {x.data, rows, 1, cols};
     }
     R* take(Workspace<B>& ws) const { return ws.take_accums(rows); }
@@ -180,22 +191,58 @@ class Hypersphere {
       b.dots(as_rows(x), as_rows(y), out);
     }
     void norms(B& b, backend::MatrixView<const T> x, R* out) const { b.frobenius_norms(as_rows(x), out); }
+    template <class F, class... In>
+    void each(B& b, backend::MatrixView<T> out, F f, In... in) const {
+      b.transform_slices(as_rows(out), f, as_rows(backend::MatrixView<const T>(in))...);
+    }
   };
 
-  // Transposed: logical rows are physical columns; one functor call per column sums down it.
+  // Transposed: logical rows are physical columns, and a column sum reads with a stride of a
+  // whole row. Summing a column in one functor call would touch a new cache line (and page) per
+  // element, so the sum runs in two passes: partial sums over blocks of k_block physical rows
+  // (consecutive calls read neighbouring columns of the same few lines), then the total of each
+  // column's partials. Both accumulate in double. Elementwise functors find their column from
+  // the flat index.
+  static constexpr index_t k_block = 32;
+
   template <class T>
-  struct ColumnDot {
+  struct ColumnPartial {
     const T* x;
     const T* y;
-    index_t rows, cols;  // physical, per slice
-    bool root;           // sqrt of the sum (a norm, when x == y)
+    index_t rows, cols, blocks;  // physical rows and cols per slice; row blocks per slice
     MUON_HOST_DEVICE T operator()(index_t k, T) const {
-      const index_t slice = k / cols, c = k - slice * cols;
+      const index_t c = k % cols, q = k / cols;  // q = slice * blocks + block
+      const index_t slice = q / blocks, first = (q - slice * blocks) * k_block;
+      const index_t last = first + k_block < rows ? first + k_block : rows;
       const T* px = x + slice * rows * cols + c;
       const T* py = y + slice * rows * cols + c;
       double sum = 0;
-      for (index_t i = 0; i < rows; ++i) sum += static_cast<double>(px[i * cols]) * static_cast<double>(py[i * cols]);
+      for (index_t i = first; i < last; ++i) sum += static_cast<double>(px[i * cols]) * static_cast<double>(py[i * cols]);
+      return static_cast<T>(sum);
+    }
+  };
+  template <class T>
+  struct ColumnTotal {
+    const T* partials;
+    index_t cols, blocks;
+    bool root;  // sqrt of the sum (a norm)
+    MUON_HOST_DEVICE T operator()(index_t r, T) const {
+      const index_t slice = r / cols, c = r - slice * cols;
+      const T* p = partials + slice * blocks * cols + c;
+      double sum = 0;
+      for (index_t q = 0; q < blocks; ++q) sum += static_cast<double>(p[q * cols]);
       return static_cast<T>(root ? std::sqrt(sum) : sum);
+    }
+  };
+  template <class F>
+  struct ByColumn {
+    F f;
+    index_t rows, cols;  // physical, per slice
+    template <class... X>
+    MUON_HOST_DEVICE auto operator()(index_t k, X... x) const {
+      if (k < rows * cols) return f(k % cols, x...);  // one division for the usual single slice
+      const index_t slice = k / (rows * cols);
+      return f(slice * cols + (k - slice * rows * cols) % cols, x...);
     }
   };
 
@@ -204,108 +251,100 @@ class Hypersphere {
     using T = typename B::value_type;
     using R = T;
     index_t batch, rows, cols;  // physical
+    T* partials;                // batch * blocks() * cols values of workspace
 
+    [[nodiscard]] static index_t blocks(index_t rows) { return (rows + k_block - 1) / k_block; }
     [[nodiscard]] index_t count() const { return batch * cols; }
     R* take(Workspace<B>& ws) const { return ws.take(1, 1, count()).data; }
+    void sum(B& b, backend::MatrixView<const T> x, backend::MatrixView<const T> y, R* out, bool root) const {
+      const index_t nb = blocks(rows);
+      backend::MatrixView<T> part{partials, 1, 1, batch * nb * cols};
+      b.transform_indexed(part, ColumnPartial<T>{x.data, y.data, rows, cols, nb}, part);
+      backend::MatrixView<T> o{out, 1, 1, count()};
+      b.transform_indexed(o, ColumnTotal<T>{partials, cols, nb, root}, o);
+    }
     void dots(B& b, backend::MatrixView<const T> x, backend::MatrixView<const T> y, R* out) const {
-      backend::MatrixView<T> o{out, 1, 1, count()};
-      b.transform_indexed(o, ColumnDot<T>{x.data, y.data, rows, cols, false}, o);
+      sum(b, x, y, out, false);
     }
-    void norms(B& b, backend::MatrixView<const T> x, R* out) const {
-      backend::MatrixView<T> o{out, 1, 1, count()};
-      b.transform_indexed(o, ColumnDot<T>{x.data, x.data, rows, cols, true}, o);
-    }
-  };
-
-  // Which logical row the flat physical index k belongs to, as an index into per-row arrays.
-  struct RowIndex {
-    index_t rows, cols;  // physical, per slice
-    bool transposed;
-    MUON_HOST_DEVICE index_t operator()(index_t k) const {
-      if (!transposed) return k / cols;
-      const index_t slice = k / (rows * cols);
-      return slice * cols + (k - slice * rows * cols) % cols;
+    void norms(B& b, backend::MatrixView<const T> x, R* out) const { sum(b, x, x, out, true); }
+    template <class F, class... In>
+    void each(B& b, backend::MatrixView<T> out, F f, In... in) const {
+      b.transform_indexed(out, ByColumn<F>{f, rows, cols}, in...);
     }
   };
+  template <class B>
+  static ColumnRows<B> column_rows(const MatrixParam<typename B::value_type>& p, Workspace<B>& ws) {
+    const index_t nb = ColumnRows<B>::blocks(p.w.rows);
+    return {p.w.batch, p.w.rows, p.w.cols, ws.take(1, 1, p.w.batch * nb * p.w.cols).data};
+  }
 
   // ---- functors -----------------------------------------------------------------------------
-  // The projection coefficient (w . u) / (w . w); w . w is taken as 1 when not measured
-  // (analytic mode), and a zero row projects nothing.
-  template <class R>
-  static MUON_HOST_DEVICE double coefficient(const R* wu, const R* ww, index_t r) {
-    const double d = static_cast<double>(wu[r]);
-    if (ww == nullptr) return d;
-    const double n2 = static_cast<double>(ww[r]);
-    return n2 > 0 ? d / n2 : 0.0;
-  }
-  // Whether row r has a direction: ||t|| > 0 and ||t|| > eps |w . u| / ||w||.
-  template <class R>
-  static MUON_HOST_DEVICE bool moves(const R* wu, const R* ww, const R* tn, double eps, index_t r) {
-    const double t = static_cast<double>(tn[r]);
-    double radial = std::abs(static_cast<double>(wu[r]));
-    if (ww != nullptr) {
+  // Per row r (run once per row, over a 1 x n view): the projection coefficient
+  // (w . u) / (w . w), or w . u when w . w is not measured (analytic mode); a zero row projects
+  // nothing.
+  template <class T, class R>
+  struct Coefficient {
+    const R* wu;
+    const R* ww;
+    MUON_HOST_DEVICE T operator()(index_t r, T) const {
+      const double d = static_cast<double>(wu[r]);
+      if (ww == nullptr) return static_cast<T>(d);
       const double n2 = static_cast<double>(ww[r]);
-      radial = n2 > 0 ? radial / std::sqrt(n2) : 0.0;
+      return n2 > 0 ? static_cast<T>(d / n2) : T(0);
     }
-    return t > 0 && t > eps * radial;
-  }
-
-  // t = u - w coefficient(row), in double.
+  };
+  // Per row r: 1 / ||t|| if the row has a direction, else 0. It has one when ||t|| is a normal
+  // number of T (a subnormal tangent part is rounding residue, and 1 / ||t|| must not overflow)
+  // and ||t|| > eps |w . u| / ||w||.
   template <class T, class R>
+  struct DirectionScale {
+    const R* wu;
+    const R* ww;
+    const R* tn;
+    double eps;
+    MUON_HOST_DEVICE T operator()(index_t r, T) const {
+      const double t = static_cast<double>(tn[r]);
+      double radial = std::abs(static_cast<double>(wu[r]));
+      if (ww != nullptr) {
+        const double n2 = static_cast<double>(ww[r]);
+        radial = n2 > 0 ? radial / std::sqrt(n2) : 0.0;
+      }
+      const bool moves = t >= static_cast<double>(std::numeric_limits<T>::min()) && t > eps * radial;
+      return moves ? static_cast<T>(1.0 / t) : T(0);
+    }
+  };
+
+  // Elementwise, f(r, ...) with r the logical row: t = u - w c_r, then a = t s_r.
+  template <class T>
   struct Tangent {
-    const R* wu;
-    const R* ww;
-    RowIndex row;
-    MUON_HOST_DEVICE T operator()(index_t k, T u, T w) const {
-      return static_cast<T>(static_cast<double>(u) - static_cast<double>(w) * coefficient(wu, ww, row(k)));
-    }
+    const T* coefficients;
+    MUON_HOST_DEVICE T operator()(index_t r, T u, T w) const { return u - w * coefficients[r]; }
+  };
+  template <class T>
+  struct ScaleRow {
+    const T* scales;
+    MUON_HOST_DEVICE T operator()(index_t r, T x) const { return x * scales[r]; }
   };
 
-  // a = t / ||t|| for rows that move, 0 otherwise (a division, not a multiply by 1 / ||t||,
-  // which overflows for a subnormal norm).
-  template <class T, class R>
-  struct UnitOrZero {
-    const R* wu;
-    const R* ww;
-    const R* tn;
-    double eps;
-    RowIndex row;
-    MUON_HOST_DEVICE T operator()(index_t k, T t) const {
-      const index_t r = row(k);
-      return moves(wu, ww, tn, eps, r) ? static_cast<T>(static_cast<double>(t) / static_cast<double>(tn[r])) : T(0);
-    }
-  };
-
-  template <class T, class R>
-  struct MovedFlag {
-    const R* wu;
-    const R* ww;
-    const R* tn;
-    double eps;
-    MUON_HOST_DEVICE T operator()(index_t r, T) const { return moves(wu, ww, tn, eps, r) ? T(1) : T(0); }
-  };
-
-  // w / ||w|| (a zero row stays zero).
+  // w / ||w|| in double (a zero row stays zero).
   template <class T, class R>
   struct DivideByNorm {
     const R* norms;
-    RowIndex row;
-    MUON_HOST_DEVICE T operator()(index_t k, T w) const {
-      const double n = static_cast<double>(norms[row(k)]);
+    MUON_HOST_DEVICE T operator()(index_t r, T w) const {
+      const double n = static_cast<double>(norms[r]);
       return n > 0 ? static_cast<T>(static_cast<double>(w) / n) : w;
     }
   };
 
-  // w / sqrt(1 + lr^2) on rows that moved (every row when flags is null). The factor stays in
-  // double: rounded to float it would bias every step the same way, and the analytic retraction
-  // amplifies a steady bias by 1 / lr^2.
+  // w / sqrt(1 + lr^2) on rows that moved (scale != 0; every row without scales). The factor
+  // stays in double: rounded to float it would bias every step the same way, and the analytic
+  // retraction amplifies a steady bias by 1 / lr^2.
   template <class T>
   struct ScaleMoved {
-    const T* flags;
+    const T* scales;
     double factor;
-    RowIndex row;
-    MUON_HOST_DEVICE T operator()(index_t k, T w) const {
-      const bool moved = flags == nullptr || flags[row(k)] != T(0);
+    MUON_HOST_DEVICE T operator()(index_t r, T w) const {
+      const bool moved = scales == nullptr || scales[r] != T(0);
       return moved ? static_cast<T>(static_cast<double>(w) * factor) : w;
     }
   };
@@ -323,21 +362,20 @@ class Hypersphere {
     using T = typename B::value_type;
     using R = typename Rows::R;
     const bool analytic = options_.retraction == SphereRetraction::analytic;
-    const RowIndex row{p.w.rows, p.w.cols, p.transposed};
+    const index_t n = rows.count();
     R* wu = rows.take(ws);
     R* ww = analytic ? nullptr : rows.take(ws);
     R* tn = rows.take(ws);
+    auto coefficients = ws.take(1, 1, n);
+    auto scales = ws.take(1, 1, n);
     rows.dots(b, p.w, u, wu);
     if (!analytic) rows.dots(b, p.w, p.w, ww);
-    b.transform_indexed(u, Tangent<T, R>{wu, ww, row}, u, p.w);
+    b.transform_indexed(coefficients, Coefficient<T, R>{wu, ww}, coefficients);
+    rows.each(b, u, Tangent<T>{coefficients.data}, u, p.w);
     rows.norms(b, u, tn);
-    b.transform_indexed(u, UnitOrZero<T, R>{wu, ww, tn, options_.tangent_eps, row}, u);
-    s.moved_ = {};
-    if (analytic) {
-      auto flags = ws.take(1, 1, rows.count());
-      b.transform_indexed(flags, MovedFlag<T, R>{wu, ww, tn, options_.tangent_eps}, flags);
-      s.moved_ = flags;
-    }
+    b.transform_indexed(scales, DirectionScale<T, R>{wu, ww, tn, options_.tangent_eps}, scales);
+    rows.each(b, u, ScaleRow<T>{scales.data}, u);
+    s.moved_ = analytic ? scales : backend::MatrixView<T>{};
   }
 
   template <class B, class Rows>
@@ -346,14 +384,13 @@ class Hypersphere {
     using T = typename B::value_type;
     using R = typename Rows::R;
     using A = typename B::accum_type;
-    const RowIndex row{p.w.rows, p.w.cols, p.transposed};
     if (options_.retraction == SphereRetraction::renormalize) {
       R* norms = rows.take(ws);
       rows.norms(b, p.w, norms);
-      b.transform_indexed(p.w, DivideByNorm<T, R>{norms, row}, p.w);
+      rows.each(b, p.w, DivideByNorm<T, R>{norms}, p.w);
     } else {
-      const T* flags = s.moved_.empty() ? nullptr : s.moved_.data;
-      b.transform_indexed(p.w, ScaleMoved<T>{flags, 1.0 / std::sqrt(1.0 + p.lr * p.lr), row}, p.w);
+      const T* scales = s.moved_.empty() ? nullptr : s.moved_.data;
+      rows.each(b, p.w, ScaleMoved<T>{scales, 1.0 / std::sqrt(1.0 + p.lr * p.lr)}, p.w);
     }
     s.moved_ = {};
     // The error the next step starts from.
