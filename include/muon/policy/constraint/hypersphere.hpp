@@ -47,9 +47,10 @@
 // physical columns; a functor per column sums down it (in double) into value_type workspace, and
 // elementwise functors find their column from the flat index.
 //
-// Cost per tensor and step: renormalize reads W four times and u three times and writes each
-// twice (eight passes over the tensor, reductions included; analytic six), plus O(rows) work on
-// per-row numbers; no GEMM. Workspace: a few numbers per row.
+// Cost per tensor and step: renormalize streams through the tensor 13 times (W read 6 times and
+// written once, u read 4 times and written twice, reductions included; analytic 11), plus O(rows)
+// work on per-row numbers; no GEMM. Workspace: a few numbers per row, plus 1/16 of the tensor
+// for the column sums of transposed storage.
 #include <cmath>
 #include <cstddef>
 #include <limits>
