@@ -110,3 +110,25 @@ TEST_CASE("schedules, loss scaling and modular scaling by name", "[by_name][sche
   CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("modular.shape=true")), Catch::Contains("lr_adjust"));
   CHECK_NOTHROW(muon::make_optimizer<B>("muon", muon::parse_config("modular.shape=true, lr_adjust=none")));
 }
+
+TEST_CASE("manifold compositions by name take their constraint options", "[by_name][manifold]") {
+  using B = muon::backend::Eigen<double>;
+  auto stiefel = muon::make_optimizer<B>(
+      "stiefel_muon", muon::parse_config("lr=0.05, lr_adjust=none, constraint.dual_steps=4, constraint.polish_steps=3, "
+                                         "orthogonalizer.steps=6"));
+  Eigen::MatrixXd w = Eigen::MatrixXd::Random(12, 6), g = Eigen::MatrixXd::Random(12, 6);
+  stiefel->add("w", w, g);
+  for (int t = 0; t < 5; ++t) stiefel->step();
+  CHECK((w.transpose() * w - Eigen::MatrixXd::Identity(6, 6)).norm() < 1e-6);
+
+  auto sphere = muon::make_optimizer<B>("hypersphere_muon",
+                                        muon::parse_config("lr=0.1, lr_adjust=none, constraint.retraction=analytic"));
+  Eigen::MatrixXd e = Eigen::MatrixXd::Random(10, 4), ge = Eigen::MatrixXd::Random(10, 4);
+  e.rowwise().normalize();
+  sphere->add("embed", e, ge, {.role = muon::Role::embedding});
+  CHECK(sphere->routing_report().count(muon::Path::matrix) == 1);  // the RankRouter keeps embeddings
+  sphere->step();
+  CHECK((e.rowwise().norm().array() - 1.0).abs().maxCoeff() < 1e-12);
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("stiefel_muon", muon::parse_config("constraint.tau=3")),
+                    Catch::Contains("constraint.tau"));
+}

@@ -7,11 +7,14 @@
 //   opt->step();
 //
 // Names: adamw, sgd, lion (one optimizer for every tensor), grokfast (Grokfast EMA + AdamW for
-// every tensor), muon, muon_sgd, muon_lion, muon_grokfast, muon_clip, muon_grokfast_clip. Fields are the composition's Options,
+// every tensor), muon, muon_sgd, muon_lion, muon_grokfast, muon_clip, muon_grokfast_clip,
+// stiefel_muon, hypersphere_muon. Fields are the composition's Options,
 // dotted for the policies: lr, momentum, nesterov, weight_decay, lr_adjust, non_finite,
 // enable_filter, enable_muon, enable_constraint, router.min_dim, router.max_aspect_ratio,
 // orthogonalizer.steps / .eps / .eps_mode / .a / .b / .c, filter.alpha / .lamb (Grokfast),
-// constraint.mode / .tau / .max_head_norm / .alpha (QK-Clip),
+// constraint.mode / .tau / .max_head_norm / .alpha (QK-Clip), constraint.dual_steps / .dual_lr /
+// .tol / .retract_every / .polish_steps (Stiefel), constraint.retraction / .tangent_eps
+// (hypersphere), orthogonalizer.safety / .norm_scale (Polar Express),
 // fallback.lr / .beta1 / .beta2 / .eps / .weight_decay (AdamW), .momentum / .dampening /
 // .nesterov (SGD), schedule = constant | warmup_cosine with schedule.warmup_steps /
 // .total_steps / .min_lr_ratio, loss_scaling, modular.depth / .shape. For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
@@ -32,6 +35,7 @@
 
 #include "muon/core/optimizer.hpp"
 #include "muon/optimizers/grokfast.hpp"
+#include "muon/optimizers/manifold.hpp"
 #include "muon/optimizers/muon.hpp"
 #include "muon/optimizers/presets.hpp"
 #include "muon/policy/constraint/qk_clip.hpp"
@@ -174,6 +178,7 @@ inline void bind(Fields& f, policy::ShapeRoleRouter::Options& o) {
   f.add("router.max_aspect_ratio", o.max_aspect_ratio);
 }
 inline void bind(Fields&, policy::FallbackOnlyRouter::Options&) {}
+inline void bind(Fields&, policy::RankRouter::Options&) {}
 inline void bind(Fields& f, policy::NewtonSchulz::Options& o) {
   f.add("orthogonalizer.steps", o.steps);
   f.add("orthogonalizer.eps", o.eps);
@@ -183,7 +188,27 @@ inline void bind(Fields& f, policy::NewtonSchulz::Options& o) {
   f.add_enum("orthogonalizer.eps_mode", o.eps_mode,
              {{"add", policy::EpsMode::add}, {"clamp", policy::EpsMode::clamp}});
 }
+inline void bind(Fields& f, policy::PolarExpress::Options& o) {
+  f.add("orthogonalizer.steps", o.steps);
+  f.add("orthogonalizer.safety", o.safety);
+  f.add("orthogonalizer.norm_scale", o.norm_scale);
+  f.add("orthogonalizer.eps", o.eps);
+  f.add_enum("orthogonalizer.eps_mode", o.eps_mode,
+             {{"add", policy::EpsMode::add}, {"clamp", policy::EpsMode::clamp}});
+}
 inline void bind(Fields&, policy::NoConstraint::Options&) {}
+inline void bind(Fields& f, policy::Stiefel::Options& o) {
+  f.add("constraint.dual_steps", o.dual_steps);
+  f.add("constraint.dual_lr", o.dual_lr);
+  f.add("constraint.tol", o.tol);
+  f.add("constraint.retract_every", o.retract_every);
+  f.add("constraint.polish_steps", o.polish_steps);
+}
+inline void bind(Fields& f, policy::Hypersphere::Options& o) {
+  f.add_enum("constraint.retraction", o.retraction,
+             {{"renormalize", policy::SphereRetraction::renormalize}, {"analytic", policy::SphereRetraction::analytic}});
+  f.add("constraint.tangent_eps", o.tangent_eps);
+}
 inline void bind(Fields& f, policy::QKClip::Options& o) {
   f.add_enum("constraint.mode", o.mode,
              {{"logit", policy::QKClipMode::logit}, {"weight_norm", policy::QKClipMode::weight_norm}});
@@ -294,8 +319,8 @@ class Handle final : public AnyOptimizer<typename Opt::backend_type> {
 
 // The names make_optimizer accepts.
 [[nodiscard]] inline std::vector<std::string> optimizer_names() {
-  return {"adamw",    "sgd",       "lion",          "grokfast",  "muon",
-          "muon_sgd", "muon_lion", "muon_grokfast", "muon_clip", "muon_grokfast_clip"};
+  return {"adamw",     "sgd",       "lion",          "grokfast",  "muon",         "muon_sgd",
+          "muon_lion", "muon_grokfast", "muon_clip", "muon_grokfast_clip", "stiefel_muon", "hypersphere_muon"};
 }
 
 template <backend::Backend B>
@@ -320,6 +345,8 @@ template <backend::Backend B>
   if (name == "muon_grokfast") return make.template operator()<MuonGrokfast<B>>(true);
   if (name == "muon_clip") return make.template operator()<MuonClip<B>>(true);
   if (name == "muon_grokfast_clip") return make.template operator()<MuonGrokfastClip<B>>(true);
+  if (name == "stiefel_muon") return make.template operator()<StiefelMuon<B>>(true);
+  if (name == "hypersphere_muon") return make.template operator()<HypersphereMuon<B>>(true);
   std::string known;
   for (const auto& n : optimizer_names()) known += (known.empty() ? "" : ", ") + n;
   detail::fail("unknown optimizer '" + kind + "' (known: " + known + ")");
