@@ -292,8 +292,8 @@ class Stiefel {
   }
 
   // W <- msign(W); returns ||W^T W - I||_F after it (worst slice). The orthogonalizer runs only
-  // when W is outside the polish's basin; the polish then repeats while it still halves the
-  // error (quadratic convergence stops at the rounding floor of T).
+  // when W is outside the polish's basin; the polish then repeats until the rounding floor of T
+  // (or polish_steps).
   template <class B, class O>
   double retract_now(B& b, State<B>& s, O& orth, backend::MatrixView<typename B::value_type> w, Workspace<B>& ws) const {
     using T = typename B::value_type;
@@ -321,9 +321,12 @@ class Stiefel {
       b.transform(w, fn::Axpy<T>{T(-0.5)}, y, w);
       ++s.polishes_;
       const double next = stiefel_error(b, s, w, gram, norms);
-      const bool floor = !(next < 0.5 * error);
+      // Below k_quadratic every polish at least halves the error (it squares it), so one that
+      // does not has hit the rounding floor; above it, progress can be slower (a singular value
+      // far below 1 grows by 1.5x a step), and only a step that gains nothing ends the polish.
+      const bool done = !(next < error) || (error < k_quadratic && !(next < 0.5 * error));
       error = next;
-      if (floor) break;
+      if (done) break;
     }
     ws.rewind(start);
     return error;
@@ -342,6 +345,8 @@ class Stiefel {
   // ||W^T W - I||_F at or below which the cubic polish alone converges (every eigenvalue of
   // W^T W in [0.5, 1.5], inside its basin (0, 3)), so the orthogonalizer is not needed.
   static constexpr double k_polish_basin = 0.5;
+  // ||W^T W - I||_F below which the polish is in its quadratic regime (error -> 3/4 error^2).
+  static constexpr double k_quadratic = 0.1;
 
   Options options_;
 };
