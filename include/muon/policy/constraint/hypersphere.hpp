@@ -78,7 +78,7 @@ class Hypersphere {
   struct Options {
     SphereRetraction retraction = SphereRetraction::renormalize;
     // A row whose tangent part is at most this fraction of its radial part gets no direction
-    // (a = 0); >= 0. 0: only rows with t exactly 0.
+    // (a = 0); >= 0. 0: any tangent part above the smallest normal number counts.
     double tangent_eps = 1e-6;
   };
 
