@@ -216,12 +216,12 @@ class Stiefel {
     }
   }
 
-  // Adds this tensor's last step to the step result.
+  // Adds this tensor's last step to the step result (a NaN is kept, not hidden by max).
   template <class B>
   void report(const State<B>& s, ConstraintStats& stats) const {
     stats.dual_iterations += static_cast<std::size_t>(s.iterations_);
-    stats.max_residual = std::max(stats.max_residual, s.residual_);
-    stats.max_stiefel_error = std::max(stats.max_stiefel_error, s.stiefel_error_);
+    if (!(s.residual_ <= stats.max_residual)) stats.max_residual = s.residual_;
+    if (!(s.stiefel_error_ <= stats.max_stiefel_error)) stats.max_stiefel_error = s.stiefel_error_;
   }
 
  private:
