@@ -31,10 +31,10 @@
 // much at every step. So the retraction finishes with the cubic Newton-Schulz polish
 //   E = W^T W - I;   W <- W - 1/2 W E          (2 GEMMs; ||E|| -> 3/4 ||E||^2)
 // repeated until the rounding floor of the scalar type (about 1e-15 in double, 1e-6 in float for
-// the shapes of the tests), which shows as a step that no longer halves a small error. The polish alone is msign
-// for any W with every singular value in [0.7, 1.2] (||E||_F <= 1/2 guarantees that), which is
-// where W - lr A lands from a point on the manifold; the orthogonalizer runs only when W is
-// farther away (a large step, or a W not yet on the manifold).
+// the shapes of the tests), which shows as a step that no longer halves a small error. The
+// polish alone is msign for any W with every singular value in [0.7, 1.2] (||E||_F <= 1/2
+// guarantees that), which is where W - lr A lands from a point on the manifold; the
+// orthogonalizer runs only when W is farther away (a large step, or a W not yet on it).
 //
 // W need not be on the manifold at registration: its first step retracts it before computing
 // the direction. A zero W becomes -lr msign(G) after its first update and is retracted from
