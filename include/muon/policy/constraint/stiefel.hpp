@@ -295,7 +295,8 @@ class Stiefel {
   // when W is outside the polish's basin; the polish then repeats until the rounding floor of T
   // (or polish_steps).
   template <class B, class O>
-  double retract_now(B& b, State<B>& s, O& orth, backend::MatrixView<typename B::value_type> w, Workspace<B>& ws) const {
+  double retract_now(B& b, State<B>& s, O& orth, backend::MatrixView<typename B::value_type> w,
+                     Workspace<B>& ws) const {
     using T = typename B::value_type;
     using backend::Trans;
     const auto start = ws.mark();
