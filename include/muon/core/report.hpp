@@ -114,7 +114,7 @@ using ParamId = std::size_t;
 struct ConstraintStats {
   std::size_t clipped_heads = 0;  // QK-Clip: heads rescaled this step
   double max_head_value = 0;      // QK-Clip: largest max-logit (logit mode) or head norm (weight mode) seen
-  std::size_t dual_iterations = 0;  // Stiefel: dual-ascent iterations used, summed over tensors (slices)
+  std::size_t dual_iterations = 0;  // Stiefel: dual-ascent iterations used, summed over tensors (one covers a stack's slices)
   double max_residual = 0;          // Stiefel: largest tangent residual ||W^T A + A^T W||_F / sqrt(numel) of a direction
   double max_stiefel_error = 0;     // Stiefel: largest ||W^T W - I||_F after the step (W tall; W W^T for wide)
   double max_sphere_error = 0;      // Hypersphere: largest | ||w|| - 1 | over constrained rows after the step
