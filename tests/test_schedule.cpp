@@ -159,3 +159,33 @@ TEST_CASE("modular scaling: bad options and registrations are rejected", "[sched
   opt.add("w", w, g, {.layer = 4, .depth = 4});
   CHECK(opt.size() == 1);
 }
+
+TEST_CASE("lr_adjust defaults: original for Muon, none for the manifold compositions", "[schedule][lr_adjust]") {
+  using B = muon::backend::Eigen<double>;
+  // A tall 40 x 12 weight: original scales its lr by sqrt(40 / 12); the manifold constraints step
+  // lr * A as their formulas say, so their compositions default to none.
+  auto scale_of = []<class Opt>(Opt opt) {
+    Mat<double> w = Mat<double>::Identity(40, 12), g = Mat<double>::Zero(40, 12);
+    opt.add("w", w, g);
+    return opt.routing_report().entries[0].lr_scale;
+  };
+  CHECK(muon::Muon<B>::Options{}.lr_adjust == muon::LrAdjust::original);
+  CHECK(muon::StiefelMuon<B>::Options{}.lr_adjust == muon::LrAdjust::none);
+  CHECK(muon::HypersphereMuon<B>::Options{}.lr_adjust == muon::LrAdjust::none);
+  CHECK(scale_of(muon::Muon<B>{}) == Approx(std::sqrt(40.0 / 12.0)).epsilon(1e-15));
+  CHECK(scale_of(muon::StiefelMuon<B>{}) == 1.0);
+  CHECK(scale_of(muon::HypersphereMuon<B>{}) == 1.0);
+  // Still a choice: set explicitly, it applies.
+  CHECK(scale_of(muon::StiefelMuon<B>({.lr_adjust = muon::LrAdjust::original})) == Approx(std::sqrt(40.0 / 12.0)).epsilon(1e-15));
+  // By name, the same defaults.
+  for (const char* name : {"stiefel_muon", "hypersphere_muon"}) {
+    INFO(name);
+    auto opt = muon::make_optimizer<B>(name, {});
+    Mat<double> w = Mat<double>::Identity(40, 12), g = Mat<double>::Zero(40, 12);
+    opt->add("w", w, g);
+    CHECK(opt->routing_report().entries[0].lr_scale == 1.0);
+  }
+  // The modular shape factor needs lr_adjust none: the manifold compositions take it as they are.
+  CHECK_NOTHROW(muon::StiefelMuon<B>({.modular = {.shape = true}}));
+  CHECK_THROWS_WITH(muon::Muon<B>({.modular = {.shape = true}}), Catch::Contains("lr_adjust"));
+}

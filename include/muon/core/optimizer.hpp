@@ -37,6 +37,7 @@
 #include "muon/core/error.hpp"
 #include "muon/core/functors.hpp"
 #include "muon/core/low_precision.hpp"
+#include "muon/core/lr_adjust.hpp"
 #include "muon/core/master_weights.hpp"
 #include "muon/core/normuon.hpp"
 #include "muon/core/param.hpp"
@@ -55,23 +56,6 @@ enum class NonFinitePolicy {
   skip_step,       // leave every tensor as it is (mixed-precision loss-scale overflow style)
   throw_error,     // throw muon::Error naming the tensor, before anything changes
 };
-
-// How the matrix path scales lr by the shape (rows, cols = the last two logical dimensions).
-enum class LrAdjust {
-  none,             // lr
-  original,         // lr * sqrt(max(1, rows / cols))      Keller Jordan; torch.optim.Muon default
-  match_rms_adamw,  // lr * 0.2 * sqrt(max(rows, cols))     Moonlight; update RMS matches AdamW's
-};
-
-[[nodiscard]] inline double adjusted_lr(double lr, LrAdjust adjust, index_t rows, index_t cols) {
-  switch (adjust) {
-    case LrAdjust::none: return lr;
-    case LrAdjust::original:
-      return lr * std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
-    case LrAdjust::match_rms_adamw: return lr * 0.2 * std::sqrt(static_cast<double>(std::max(rows, cols)));
-  }
-  return lr;
-}
 
 // Modular learning-rate scaling of the matrix path (the manifold guide's
 // lr_eff = lr * (layer / depth) * sqrt(fan_out / fan_in)), each factor switchable. fan_out and
@@ -195,7 +179,7 @@ class Optimizer {
     double momentum = 0.95;
     bool nesterov = true;
     double weight_decay = 0.0;
-    LrAdjust lr_adjust = LrAdjust::original;
+    LrAdjust lr_adjust = detail::default_lr_adjust<Constr>();  // original; none for Stiefel / Hypersphere
     // NorMuon: after orthogonalisation, divide each (logical) row by the root of an EMA of its
     // mean squared entry, then rescale the update to its Frobenius norm before that step. Rows
     // end up with comparable update sizes (a stable variant for small models).

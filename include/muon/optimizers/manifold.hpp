@@ -2,10 +2,12 @@
 // Manifold-constrained compositions: the matrix path keeps each tensor on a manifold.
 //   HypersphereMuon  every logical row at unit norm (embeddings, router gates, stacks); the
 //                    RankRouter sends embeddings and output heads to the matrix path too.
-//   muon::HypersphereMuon<muon::backend::Eigen<float>> opt({.lr = 0.05, .lr_adjust = muon::LrAdjust::none});
+//   muon::HypersphereMuon<muon::backend::Eigen<float>> opt({.lr = 0.05});
 //   StiefelMuon      manifold Muon: every matrix (slice) on the Stiefel manifold, W^T W = I
 //                    (W W^T = I for a wide one).
 //   muon::StiefelMuon<muon::backend::Eigen<float>> opt({.lr = 0.02});
+// Both default to lr_adjust = none (their constraints ask for it): the step is lr along a unit
+// direction, whatever the shape.
 // Jianlin Su (kexue.fm), hyperspherical steepest descent; Jeremy Bernstein, "Modular Manifolds"
 // (Thinking Machines Lab, 2025). See docs/hypersphere.md and docs/stiefel.md.
 #include "muon/core/optimizer.hpp"

@@ -61,6 +61,7 @@
 #include "muon/core/concepts.hpp"
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
+#include "muon/core/lr_adjust.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/report.hpp"
 #include "muon/core/validate.hpp"
@@ -75,6 +76,10 @@ enum class SphereRetraction {
 
 class Hypersphere {
  public:
+  // The step is lr along a unit tangent vector per row, as in the formula: compositions default
+  // to no shape factor (LrAdjust::none; a composition's lr_adjust can still set one).
+  static constexpr LrAdjust default_lr_adjust = LrAdjust::none;
+
   struct Options {
     SphereRetraction retraction = SphereRetraction::renormalize;
     // A row whose tangent part is at most this fraction of its radial part gets no direction

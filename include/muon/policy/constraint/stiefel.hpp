@@ -60,6 +60,7 @@
 #include "muon/core/concepts.hpp"
 #include "muon/core/error.hpp"
 #include "muon/core/functors.hpp"
+#include "muon/core/lr_adjust.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/report.hpp"
 #include "muon/core/validate.hpp"
@@ -69,6 +70,10 @@ namespace muon::policy {
 
 class Stiefel {
  public:
+  // The step is lr * A with ||A||_op <= 1, as in the formula: compositions default to no shape
+  // factor (LrAdjust::none; a composition's lr_adjust can still set one).
+  static constexpr LrAdjust default_lr_adjust = LrAdjust::none;
+
   struct Options {
     int dual_steps = 10;    // K: dual-ascent iterations (= msign calls) at most, >= 1
     double dual_lr = 0.1;   // alpha: dual step size, relative to the gradient's RMS singular value, > 0
