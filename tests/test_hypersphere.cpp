@@ -508,6 +508,44 @@ TEST_CASE("Hypersphere: the reported error is the measured one, the max over ten
   CHECK(opt.step().constraint.max_sphere_error == 0);
 }
 
+TEST_CASE("Hypersphere: no orthogonalizer workspace until the constraint is switched off", "[hypersphere]") {
+  // A 512 x 64 table: besides u (one table), the direction needs a few per-row arrays, Newton-Schulz
+  // a copy of the table and its Gram matrices. That share is planned only once enable_constraint
+  // goes off.
+  using T = float;
+  const std::size_t table = 512 * 64 * sizeof(T);
+  RowMat<T> emb(512, 64), g(512, 64);
+  std::mt19937 rng(3);
+  fill_normal(emb, rng);
+  fill_normal(g, rng);
+  Opt<T> opt(plain<T>(0.05, SphereRetraction::renormalize));
+  opt.add("emb", emb, g, {.role = muon::Role::embedding});
+  opt.step();
+  const std::size_t on = opt.memory_report().workspace_bytes;
+  CHECK(on < table + table / 2);  // u and per-row arrays (measured 1.34 tables)
+  opt.set_enable_constraint(false);
+  const std::size_t off = opt.memory_report().workspace_bytes;
+  CHECK(off >= 2 * table);  // u and Newton-Schulz's copy (measured 2.41 tables)
+  // The unconstrained step runs in the grown workspace: Newton-Schulz's orth(u), rows leave the sphere.
+  const RowMat<T> before = emb;
+  REQUIRE(opt.step().all_applied());
+  CHECK((emb - before).norm() > 0);
+  CHECK(max_row_error(emb) > 1e-3);
+  // Back on: the workspace stays (no shrink), the retraction puts the rows back.
+  opt.set_enable_constraint(true);
+  REQUIRE(opt.step().all_applied());
+  CHECK(opt.memory_report().workspace_bytes == off);
+  CHECK(max_row_error(emb) < 1e-6);
+  // A composition built with the constraint off plans it from the start.
+  Opt<T> built_off([] {
+    auto o = plain<T>(0.05, SphereRetraction::renormalize);
+    o.enable_constraint = false;
+    return o;
+  }());
+  built_off.add("emb", emb, g, {.role = muon::Role::embedding});
+  CHECK(built_off.memory_report().workspace_bytes == off);
+}
+
 TEMPLATE_TEST_CASE("Hypersphere: checkpoint round trip resumes bit-identically", "[hypersphere][checkpoint]", float,
                    double) {
   using T = TestType;

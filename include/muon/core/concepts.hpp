@@ -98,6 +98,20 @@ concept Constraint =
       c.retract(b, s, orth, p, ws);
     };
 
+namespace detail {
+// Whether a constraint's direction() calls the orthogonalizer. A constraint that never does
+// (Hypersphere) says so with `static constexpr bool uses_orthogonalizer = false`, and the
+// optimizer then plans the orthogonalizer's workspace only for when the constraint is switched
+// off. Without the member: true.
+template <class C>
+[[nodiscard]] constexpr bool uses_orthogonalizer() {
+  if constexpr (requires { { C::uses_orthogonalizer } -> std::convertible_to<bool>; })
+    return C::uses_orthogonalizer;
+  else
+    return true;
+}
+}  // namespace detail
+
 // 5. Fallback: the whole update of a parameter the router did not send to the matrix path.
 //    It owns its learning rate and weight decay (separate from the matrix path's).
 template <class F, class B>

@@ -306,7 +306,12 @@ class Optimizer {
     options_.lr = lr;
   }
   void set_enable_filter(bool on) { options_.enable_filter = on; }
-  void set_enable_constraint(bool on) { options_.enable_constraint = on; }
+  // Switching the constraint off can grow the workspace (a constraint that does not use the
+  // orthogonalizer plans none of its workspace): the next step allocates it, once.
+  void set_enable_constraint(bool on) {
+    options_.enable_constraint = on;
+    if (!on) need_.raise_to(unconstrained_need_);
+  }
   // The fallback group's base lr (the schedule multiplies it at each step).
   [[nodiscard]] double fallback_lr() const { return fallback_base_lr_; }
   void set_fallback_lr(double lr) {
@@ -707,6 +712,7 @@ class Optimizer {
     // ---- build everything new first, then commit with operations that cannot throw ----
     const ParamId id = entries_.size();
     WorkspaceNeed need;
+    WorkspaceNeed unconstrained;  // the need with enable_constraint off (matrix path)
     // Gradient staging: a 16-bit gradient is decoded, a loss-scaled one unscaled, into workspace.
     if (g.format != ElementFormat::value || options_.loss_scaling) need.add_matrix(1, 1, n);
     need.add(filter_.plan(info));
@@ -735,15 +741,20 @@ class Optimizer {
       const index_t prow = transposed ? cols : rows, pcol = transposed ? rows : cols;
       const index_t batch = p.shape.batch();
       need.add_matrix(batch, prow, pcol);  // u
-      // The constraint's plan covers its own use of the orthogonalizer; the orthogonalizer's
-      // alone is what runs when the constraint is switched off.
-      WorkspaceNeed direction = constraint_.plan(backend_, orth_, info);
-      direction.raise_to(orth_.plan(backend_, batch, prow, pcol));
-      need.add(direction);
       if (options_.normuon) {
         need.add(detail::RowNormalizer<B>::plan(batch, prow, pcol, rows));
         row_normalizer_.reserve(backend_, std::max(prow, pcol));
       }
+      // The direction: the constraint's plan covers its own use of the orthogonalizer; the
+      // orthogonalizer alone is what runs when the constraint is switched off. A constraint
+      // that never calls it (Hypersphere) does not pay for its workspace until then.
+      const WorkspaceNeed orth_alone = orth_.plan(backend_, batch, prow, pcol);
+      WorkspaceNeed direction = constraint_.plan(backend_, orth_, info);
+      if (detail::uses_orthogonalizer<Constr>()) direction.raise_to(orth_alone);
+      unconstrained = need;
+      unconstrained.add(orth_alone);
+      need.add(direction);
+      if (!options_.enable_constraint) need.raise_to(unconstrained);
       matrix_slots_.reserve(matrix_slots_.size() + 1);
       matrix_slots_.push_back(MatrixSlot{id,
                                          {w_data, batch, prow, pcol},
@@ -771,6 +782,7 @@ class Optimizer {
     }
     // Nothing below throws (capacity reserved above).
     need_.raise_to(need);
+    unconstrained_need_.raise_to(unconstrained);
     const std::size_t slot = route.path == Path::matrix ? matrix_slots_.size() - 1 : fallback_slots_.size() - 1;
     entries_.push_back(
         Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data, p.layout, p.format, slot});
@@ -931,6 +943,7 @@ class Optimizer {
   std::vector<FallbackSlot> fallback_slots_;
   Workspace<B> workspace_;
   WorkspaceNeed need_{};     // the largest need of any one tensor
+  WorkspaceNeed unconstrained_need_{};  // the same with the constraint switched off
   WorkspaceNeed planned_{};  // what workspace_ holds
   typename B::template Buffer<typename B::accum_type> flags_{};
   std::vector<typename B::accum_type> flags_host_;

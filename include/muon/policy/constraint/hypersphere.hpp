@@ -79,6 +79,8 @@ class Hypersphere {
   // The step is lr along a unit tangent vector per row, as in the formula: compositions default
   // to no shape factor (LrAdjust::none; a composition's lr_adjust can still set one).
   static constexpr LrAdjust default_lr_adjust = LrAdjust::none;
+  // direction() never calls the orthogonalizer: the optimizer plans none of its workspace.
+  static constexpr bool uses_orthogonalizer = false;
 
   struct Options {
     SphereRetraction retraction = SphereRetraction::renormalize;
