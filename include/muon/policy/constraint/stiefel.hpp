@@ -3,10 +3,13 @@
 // tall W, W^T W = I; orthonormal rows for a wide one, W W^T = I) and steps along it in the
 // steepest direction under the spectral norm among the tangent directions.
 //
-//   G <- G / (||G||_F / sqrt(m))          m = short side. Scale invariance: the direction of c G
-//                                         is that of G, and dual_lr is relative to G's RMS
-//                                         singular value (not to the gradient's units)
-//   Lambda = -1/4 (W^T G + G^T W)         m x m; G + 2 W Lambda is G's tangent projection
+//   Lambda = -1/4 (W^T G + G^T W)         m x m; G + 2 W Lambda is G's tangent projection P
+//   G, Lambda <- c G, c Lambda            c = sqrt(m) / ||P||_F (m = short side): P gets RMS
+//                                         singular value 1. Scale invariance (the direction of
+//                                         c G is that of G), and dual_lr is relative to the part
+//                                         of G the direction is made of: the normal part of G
+//                                         (W times a symmetric matrix), which Lambda cancels,
+//                                         can be far larger (near an optimum it is all of G)
 //   for k = 0 .. K-1:
 //     A = msign(G + 2 W Lambda);   H = W^T A + A^T W
 //     stop if max over slices ||H||_F / m < tol
@@ -76,7 +79,7 @@ class Stiefel {
 
   struct Options {
     int dual_steps = 10;    // K: dual-ascent iterations (= msign calls) at most, >= 1
-    double dual_lr = 0.1;   // alpha: dual step size, relative to the gradient's RMS singular value, > 0
+    double dual_lr = 0.1;   // alpha: dual step size, relative to the tangent projection's RMS singular value, > 0
     double tol = 1e-4;      // stop when ||H||_F / m < tol for every slice, >= 0 (0: always K iterations)
     int retract_every = 1;  // N: retract on steps 0, N, 2N, ... of this tensor, >= 1
     int polish_steps = 8;   // cubic Newton-Schulz steps at most per retraction, >= 0
@@ -178,8 +181,6 @@ class Stiefel {
     auto h = ws.take(u.batch, m, m);
     A* norms = ws.take_accums(u.batch);
 
-    b.frobenius_norms(u, norms);
-    b.transform_slices(u, UnitRms<T, A>{norms, std::sqrt(static_cast<double>(m))}, u);
     short_side_product(b, tall, w, u, cross);
     b.transform_indexed(lambda, Symmetrize<T>{cross.data, m, T(-0.25)}, lambda);
 
@@ -191,6 +192,15 @@ class Stiefel {
         b.gemm(Trans::no, Trans::no, T(2), w, lambda, T(1), a);  // A = G + 2 W Lambda
       else
         b.gemm(Trans::no, Trans::no, T(2), lambda, w, T(1), a);  // A = G + 2 Lambda W
+      if (k == 0) {
+        // G + 2 W Lambda_0 is G's tangent projection: scale G and Lambda so that it has RMS
+        // singular value 1 (see the header comment; a zero projection stays zero).
+        b.frobenius_norms(a, norms);
+        const UnitRms<T, A> unit{norms, std::sqrt(static_cast<double>(m))};
+        b.transform_slices(a, unit, a);
+        b.transform_slices(u, unit, u);
+        b.transform_slices(lambda, unit, lambda);
+      }
       const auto before = ws.mark();
       orth.apply(b, a, ws);
       ws.rewind(before);
