@@ -5,6 +5,7 @@
 //   step/stiefel/f32/RxC    muon::StiefelMuon<Eigen<float>>::step() (default options)
 //   pair/f32/RxC            both steps in the same loop, alternating, each timed on its own:
 //                           the ratio Stiefel / Muon with both sides seeing the same machine state
+//   pair_warm5/f32/RxC      the same with StiefelMuon {.dual_steps = 5, .warm_start = true}
 //
 // Times are the benchmark thread's CPU time (CLOCK_THREAD_CPUTIME_ID) of step() alone; wall_ms
 // is wall-clock time per iteration. Counters of the Stiefel step (per step): orth_calls (the
@@ -67,7 +68,8 @@ template <class Opt>
 struct Problem {
   std::vector<float> w, g;
   Opt opt;
-  Problem(index_t rows, index_t cols, unsigned seed) : w(static_cast<std::size_t>(rows * cols)), g(w.size()) {
+  Problem(index_t rows, index_t cols, unsigned seed, typename Opt::Options options = {})
+      : w(static_cast<std::size_t>(rows * cols)), g(w.size()), opt(std::move(options)) {
     std::mt19937 rng(seed);
     std::normal_distribution<double> normal(0.0, 1.0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(std::max(rows, cols)));
@@ -117,9 +119,11 @@ void bm_stiefel(benchmark::State& st, index_t rows, index_t cols) {
   stiefel_counters(st, n, calls, dual, polish);
 }
 
-void bm_pair(benchmark::State& st, index_t rows, index_t cols) {
+void bm_pair(benchmark::State& st, index_t rows, index_t cols, bool warm5) {
   Problem<MuonOpt> muon(rows, cols, 1);
-  Problem<StiefelOpt> stiefel(rows, cols, 1);
+  typename StiefelOpt::Options options;
+  if (warm5) options.constraint = {.dual_steps = 5, .warm_start = true};
+  Problem<StiefelOpt> stiefel(rows, cols, 1, options);
   double wall = 0, muon_cpu = 0, stiefel_cpu = 0, calls = 0, dual = 0, polish = 0;
   for (auto _ : st) {
     const double a = muon.timed_step(&wall);
@@ -152,7 +156,10 @@ void register_all() {
     benchmark::RegisterBenchmark(("step/stiefel/f32/" + shape).c_str(), bm_stiefel, rows, cols)
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("pair/f32/" + shape).c_str(), bm_pair, rows, cols)
+    benchmark::RegisterBenchmark(("pair/f32/" + shape).c_str(), bm_pair, rows, cols, false)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("pair_warm5/f32/" + shape).c_str(), bm_pair, rows, cols, true)
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }

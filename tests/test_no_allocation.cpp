@@ -106,12 +106,13 @@ TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation
       check_steps_allocate_nothing(opt);
     }
   }
-  SECTION("StiefelMuon: tall row-major, column-major and stacked tensors, retracting and not") {
+  SECTION("StiefelMuon: tall row-major, column-major and stacked tensors, retracting and not, warm or not") {
     // retract_every 2: the counted steps retract (polish, Gram matrices) and skip (error only).
     // w1 is left out: ten Polar Express calls a step on it take seconds.
+    const bool warm = GENERATE(false, true);
     std::vector<T> tall(160 * 64), gtall(tall.size(), T(0.25));
     for (std::size_t i = 0; i < tall.size(); ++i) tall[i] = static_cast<T>(std::sin(0.37 * static_cast<double>(i)));
-    muon::StiefelMuon<muon::backend::Eigen<T>> opt({.constraint = {.retract_every = 2}});
+    muon::StiefelMuon<muon::backend::Eigen<T>> opt({.constraint = {.retract_every = 2, .warm_start = warm}});
     opt.add("tall", muon::raw(tall.data(), {160, 64}), muon::raw(static_cast<const T*>(gtall.data()), {160, 64}));
     opt.add("w2", w2, g2);  // column-major: wide logically, tall in storage
     opt.add("experts", muon::raw(experts.data(), {4, 64, 96}), muon::raw(gexperts.data(), {4, 64, 96}));

@@ -13,8 +13,8 @@
 // enable_filter, enable_muon, enable_constraint, router.min_dim, router.max_aspect_ratio,
 // orthogonalizer.steps / .eps / .eps_mode / .a / .b / .c, filter.alpha / .lamb (Grokfast),
 // constraint.mode / .tau / .max_head_norm / .alpha (QK-Clip), constraint.dual_steps / .dual_lr /
-// .tol / .retract_every / .polish_steps (Stiefel), constraint.retraction / .tangent_eps
-// (hypersphere), orthogonalizer.safety / .norm_scale (Polar Express),
+// .tol / .retract_every / .polish_steps / .warm_start / .tangent_eps (Stiefel), constraint.retraction /
+// .tangent_eps (hypersphere), orthogonalizer.safety / .norm_scale (Polar Express),
 // fallback.lr / .beta1 / .beta2 / .eps / .weight_decay (AdamW), .momentum / .dampening /
 // .nesterov (SGD), schedule = constant | warmup_cosine with schedule.warmup_steps /
 // .total_steps / .min_lr_ratio, loss_scaling, modular.depth / .shape. For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
@@ -203,6 +203,8 @@ inline void bind(Fields& f, policy::Stiefel::Options& o) {
   f.add("constraint.tol", o.tol);
   f.add("constraint.retract_every", o.retract_every);
   f.add("constraint.polish_steps", o.polish_steps);
+  f.add("constraint.warm_start", o.warm_start);
+  f.add("constraint.tangent_eps", o.tangent_eps);
 }
 inline void bind(Fields& f, policy::Hypersphere::Options& o) {
   f.add_enum("constraint.retraction", o.retraction,
