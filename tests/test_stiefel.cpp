@@ -630,6 +630,8 @@ TEMPLATE_TEST_CASE("Stiefel: resume from a checkpoint continues bit-identically"
   CHECK(resumed.opt.constraint_state(resumed.opt.id("stack")).steps() == 5);
   CHECK(resumed.opt.state_snapshot().at("tall/constraint/steps") == std::vector<double>{5.0});
   CHECK(resumed.opt.state_snapshot().at("tall/constraint/dual_correction").size() == (warm ? 12u * 12u : 0u));
+  CHECK(resumed.opt.state_snapshot().at("stack/constraint/dual_correction").size() == (warm ? 4u * 8u * 8u : 0u));
+  CHECK(resumed.opt.state_snapshot().at("square/constraint/dual_correction").empty());  // one iteration: nothing to carry
   CHECK(resumed == first);
   for (int t = 5; t < 10; ++t) {
     resumed.gradients(t);

@@ -151,7 +151,8 @@ class Stiefel {
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
     State<B> s;
     s.host_.assign(static_cast<std::size_t>(info.shape.batch()), typename B::accum_type(0));
-    if (options_.warm_start) {
+    // A square W converges in one iteration from Lambda_0: it has no correction to carry.
+    if (options_.warm_start && info.shape.rows() != info.shape.cols()) {
       const index_t m = std::min(info.shape.rows(), info.shape.cols());
       s.correction_ = b.template allocate<typename B::value_type>(static_cast<std::size_t>(info.shape.batch() * m * m));
     }
@@ -201,9 +202,10 @@ class Stiefel {
     A* norms = ws.take_accums(u.batch);
     A* g_norms = ws.take_accums(u.batch);
     // warm_start: the correction continues from the last step's (zero before the first step).
-    const backend::MatrixView<T> correction{s.correction_.data(), options_.warm_start ? u.batch : 0, m, m};
-    const bool warm = options_.warm_start && s.steps_ > 0;
-    if (options_.warm_start && !warm) b.transform(correction, fn::Scale<T>{T(0)}, correction);
+    const bool carries = options_.warm_start && u.rows != u.cols;  // see make_state
+    const backend::MatrixView<T> correction{s.correction_.data(), carries ? u.batch : 0, m, m};
+    const bool warm = carries && s.steps_ > 0;
+    if (carries && !warm) b.transform(correction, fn::Scale<T>{T(0)}, correction);
 
     short_side_product(b, tall, w, u, cross);
     b.transform_indexed(lambda, Symmetrize<T>{cross.data, m, T(-0.25)}, lambda);
@@ -248,7 +250,7 @@ class Stiefel {
       if (s.residual_ < options_.tol || k + 1 == steps) break;
       const double step = options_.dual_lr * (1.0 - static_cast<double>(k) / steps);
       b.transform(lambda, fn::Axpy<T>{static_cast<T>(-step)}, h, lambda);
-      if (options_.warm_start) b.transform(correction, fn::Axpy<T>{static_cast<T>(-step)}, h, correction);
+      if (carries) b.transform(correction, fn::Axpy<T>{static_cast<T>(-step)}, h, correction);
     }
     b.transform(u, fn::Copy{}, a);
     ws.rewind(start);
