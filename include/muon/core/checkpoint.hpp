@@ -60,6 +60,7 @@ class CheckpointWriter {
   }
   template <class U>
   void put_array(const U* data, std::size_t n) {
+    if (n == 0) return;  // data may be null (an empty buffer)
     if constexpr (std::endian::native == std::endian::little) {
       bytes_.append(reinterpret_cast<const char*>(data), n * sizeof(U));
     } else {
@@ -128,6 +129,7 @@ class CheckpointReader {
   }
   template <class U>
   void read_array(std::size_t at, U* out, std::size_t n) const {
+    if (n == 0) return;  // an empty buffer's data() may be null, which memcpy must not see
     if constexpr (std::endian::native == std::endian::little) {
       std::memcpy(out, bytes_.data() + at, n * sizeof(U));
     } else {
