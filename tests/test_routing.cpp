@@ -151,10 +151,14 @@ TEMPLATE_TEST_CASE("memory: one buffer per matrix, two per AdamW tensor, workspa
   CHECK(mem.fallback_state_bytes == 2 * 128 * sizeof(T));
   CHECK(mem.filter_state_bytes == 0);
   // Newton-Schulz needs u, X^T-sized Y, and two min-dim squares: at most 4 copies of the
-  // largest matrix (plus alignment and a few norms), shared by all tensors.
+  // largest matrix (plus alignment and a few norms), shared by all tensors of a thread; one
+  // such workspace per thread that runs tensors side by side.
   const std::size_t largest = 128 * 64 * sizeof(T);
-  CHECK(mem.workspace_bytes <= 4 * largest + 1024);
-  CHECK(mem.workspace_bytes >= 2 * largest);
+  REQUIRE(mem.workspace_copies >= 1);
+  CHECK(mem.workspace_copies <= static_cast<std::size_t>(opt.threads()));
+  CHECK(mem.workspace_bytes % mem.workspace_copies == 0);
+  CHECK(mem.workspace_bytes / mem.workspace_copies <= 4 * largest + 1024);
+  CHECK(mem.workspace_bytes / mem.workspace_copies >= 2 * largest);
   // GEMM packing space stays within about two copies of the largest matrix.
   CHECK(mem.backend_scratch_bytes <= 2 * largest + 1024);
   std::ostringstream os;

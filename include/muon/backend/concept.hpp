@@ -12,9 +12,15 @@
 #include <concepts>
 #include <cstddef>
 #include <span>
+#include <string>
 #include <type_traits>
 
 #include "muon/core/config.hpp"
+#include "muon/core/low_precision.hpp"
+
+namespace muon {
+class ThreadPool;
+}
 
 namespace muon::backend {
 
@@ -83,6 +89,8 @@ concept Backend =
       b.gemm(Trans::no, Trans::yes, alpha, cv, cv, alpha, v);
       // Tells the backend the largest GEMM it will run, so scratch is sized before the first step.
       b.reserve_gemm(m, m, m);
+      // Adds alpha to the diagonal of every slice (Newton-Schulz folds a X into B X this way).
+      b.add_to_diagonal(v, alpha);
 
       // Elementwise transforms, written once as functors:
       //   transform(out, f, in...)         out[k] = f(in[k]...)           (views of equal size)
@@ -110,5 +118,34 @@ concept Backend =
       b.synchronize();
       { cb.scratch_bytes() } -> std::convertible_to<std::size_t>;
     };
+
+// Optional capabilities. Policies use them when a backend has them and fall back to the plain
+// concept otherwise, so a new backend can start without them.
+
+// C = alpha op(A) op(A)^T + beta C with C exactly symmetric, for about half a product's flops
+// (Trans::no: A A^T; Trans::yes: A^T A).
+template <class B>
+concept SymmetricProducts = requires(B& b, MatrixView<const typename B::value_type> a,
+                                     MatrixView<typename B::value_type> c, typename B::value_type alpha) {
+  b.syrk(Trans::no, alpha, a, alpha, c);
+};
+
+// Products of bfloat16 operands accumulated in float (float backends): gemm and syrk overloads
+// on bfloat16 views, convert() to round into a bfloat16 view, and bf16_unavailable_reason(),
+// empty where the products can run (a CPU without bf16 instructions says why not).
+template <class B>
+concept Bf16Products =
+    std::same_as<typename B::value_type, float> &&
+    requires(B& b, const B& cb, MatrixView<const bfloat16> a, MatrixView<bfloat16> a16, MatrixView<const float> x,
+             MatrixView<float> c, float alpha) {
+      b.gemm(Trans::no, Trans::yes, alpha, a, a, alpha, c);
+      b.syrk(Trans::no, alpha, a, alpha, c);
+      b.convert(x, a16);
+      { cb.bf16_unavailable_reason() } -> std::convertible_to<std::string>;
+    };
+
+// Runs its products on a thread pool the optimizer gives it (nullptr: the calling thread).
+template <class B>
+concept Threaded = requires(B& b, ThreadPool* pool) { b.set_pool(pool); };
 
 }  // namespace muon::backend

@@ -1,10 +1,13 @@
 #pragma once
 // CPU backend on Eigen, for float and double parameters.
 //
-// GEMM goes through Eigen's own blocked kernel (general_matrix_matrix_product) with packing
-// buffers the backend owns: Eigen's public product allocates those buffers on every call for
-// large matrices, and step() must not allocate once it has run once. Reductions accumulate in
-// double. Elementwise functors run as plain loops the compiler vectorises.
+// Products go through cpu::Products (backend/cpu/products.hpp): oneDNN or OpenBLAS when muon was
+// configured with them (kernels chosen at run time, whatever flags the user compiles with),
+// else Eigen's own blocked kernel (general_matrix_matrix_product) with packing buffers kept per
+// thread: Eigen's public product allocates those buffers on every call for large matrices, and
+// step() must not allocate once it has run once. Products are split over the optimizer's thread
+// pool. Reductions accumulate in double. Elementwise functors run as plain loops the compiler
+// vectorises.
 //
 // This header also adapts Eigen matrices, Maps and Refs for registration (muon::tensor_adapter).
 #include <Eigen/Core>
@@ -18,9 +21,11 @@
 #include <memory>
 #include <new>
 #include <span>
+#include <string>
 #include <type_traits>
 
 #include "muon/backend/concept.hpp"
+#include "muon/backend/cpu/products.hpp"
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
 #include "muon/core/low_precision.hpp"
@@ -80,6 +85,56 @@ void gemm_kernel(index_t m, index_t n, index_t k, const T* lhs, index_t lhs_stri
                                                                           alpha, blocking, nullptr);
 }
 
+// Packing space for Eigen's kernel, one per thread (products run on several threads at once),
+// grown to the largest product a thread has run (registration reserves the caller's).
+template <class T>
+struct KernelScratch {
+  std::unique_ptr<T, AlignedFree> data;
+  std::size_t size = 0;
+  T* reserve(std::size_t n) {
+    if (n > size) {
+      data.reset(static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{k_alignment})));
+      size = n;
+    }
+    return data.get();
+  }
+};
+template <class T>
+KernelScratch<T>& kernel_scratch() {
+  thread_local KernelScratch<T> scratch;
+  return scratch;
+}
+
+// Eigen's own blocked product: the built-in kernel of cpu::Products, for builds without a
+// product library (and with only the instructions the user's flags allow).
+template <class T>
+struct Kernel {
+  static void gemm(const cpu::GemmCall<T, T>& g) {
+    if (g.beta != T(1)) {
+      for (index_t i = 0; i < g.m; ++i) {
+        T* row = g.c + i * g.ldc;
+        if (g.beta == T(0))
+          std::fill(row, row + g.n, T(0));
+        else
+          for (index_t j = 0; j < g.n; ++j) row[j] *= g.beta;
+      }
+    }
+    GemmBlocking<T> blocking;
+    blocking.configure(g.n, g.m, g.k, kernel_scratch<T>().reserve(GemmBlocking<T>::required_elements(g.n, g.m, g.k)));
+    using ::Eigen::ColMajor, ::Eigen::RowMajor;
+    // A row-major operand with Trans::yes is its transpose stored column-major; the stride is
+    // the stored row length either way.
+    if (g.ta == Trans::no && g.tb == Trans::no)
+      gemm_kernel<RowMajor, RowMajor>(g.m, g.n, g.k, g.a, g.lda, g.b, g.ldb, g.c, g.ldc, g.alpha, blocking);
+    else if (g.ta == Trans::no)
+      gemm_kernel<RowMajor, ColMajor>(g.m, g.n, g.k, g.a, g.lda, g.b, g.ldb, g.c, g.ldc, g.alpha, blocking);
+    else if (g.tb == Trans::no)
+      gemm_kernel<ColMajor, RowMajor>(g.m, g.n, g.k, g.a, g.lda, g.b, g.ldb, g.c, g.ldc, g.alpha, blocking);
+    else
+      gemm_kernel<ColMajor, ColMajor>(g.m, g.n, g.k, g.a, g.lda, g.b, g.ldb, g.c, g.ldc, g.alpha, blocking);
+  }
+};
+
 }  // namespace eigen_detail
 
 template <class T>
@@ -112,52 +167,70 @@ class Eigen {
   };
 
   Eigen() = default;
-  // A copy gets its own (empty) scratch: scratch is a cache, not state.
-  Eigen(const Eigen&) {}
-  Eigen& operator=(const Eigen&) { return *this; }
-  Eigen(Eigen&&) noexcept = default;
-  Eigen& operator=(Eigen&&) noexcept = default;
 
   template <class U>
   [[nodiscard]] Buffer<U> allocate(std::size_t n) {
     return Buffer<U>(n);
   }
 
-  // ---- GEMM ---------------------------------------------------------------------------------
+  // ---- Products (cpu::Products: library, symmetric products, bf16, threads) ----------------
+  // The library that runs this backend's products, chosen when muon was configured.
+  static constexpr cpu::Library product_library = cpu::Products<T, eigen_detail::Kernel<T>>::library;
+
+  // Products are split over `pool` (nullptr: the calling thread only). The optimizer sets it.
+  void set_pool(ThreadPool* pool) { products_.set_pool(pool); }
+  [[nodiscard]] int threads() const { return products_.threads(); }
+
+  // Reserves the built-in kernel's packing space for the calling thread (a library needs none).
   void reserve_gemm(index_t m, index_t n, index_t k) {
-    const std::size_t need = eigen_detail::GemmBlocking<T>::required_elements(n, m, k);
-    if (need > scratch_.size()) scratch_ = Buffer<T>(need);
+    if constexpr (product_library == cpu::Library::builtin) {
+      const std::size_t need = eigen_detail::GemmBlocking<T>::required_elements(n, m, k);
+      eigen_detail::kernel_scratch<T>().reserve(need);
+      reserved_ = std::max(reserved_, need);
+    }
   }
 
-  void gemm(Trans ta, Trans tb, T alpha, MatrixView<const T> a, MatrixView<const T> b, T beta,
-            MatrixView<T> c) {
-    const index_t m = c.rows, n = c.cols;
-    const index_t k = ta == Trans::no ? a.cols : a.rows;
-    assert((ta == Trans::no ? a.rows : a.cols) == m);
-    assert((tb == Trans::no ? b.rows : b.cols) == k);
-    assert((tb == Trans::no ? b.cols : b.rows) == n);
-    assert(a.batch == c.batch || a.batch == 1);
-    assert(b.batch == c.batch || b.batch == 1);
-    reserve_gemm(m, n, k);  // no-op once sized: registration plans the largest product
-    eigen_detail::GemmBlocking<T> blocking;
-    blocking.configure(n, m, k, scratch_.data());
-    for (index_t s = 0; s < c.batch; ++s) {
-      const T* pa = a.data + (a.batch == 1 ? 0 : s * a.slice_size());
-      const T* pb = b.data + (b.batch == 1 ? 0 : s * b.slice_size());
-      T* pc = c.data + s * c.slice_size();
-      scale_in_place(pc, m * n, beta);
-      if (k == 0 || alpha == T(0)) continue;
-      // A row-major matrix with Trans::yes is its transpose stored column-major; the stride is
-      // the stored row length either way.
-      if (ta == Trans::no && tb == Trans::no)
-        eigen_detail::gemm_kernel<::Eigen::RowMajor, ::Eigen::RowMajor>(m, n, k, pa, a.cols, pb, b.cols, pc, n, alpha, blocking);
-      else if (ta == Trans::no)
-        eigen_detail::gemm_kernel<::Eigen::RowMajor, ::Eigen::ColMajor>(m, n, k, pa, a.cols, pb, b.cols, pc, n, alpha, blocking);
-      else if (tb == Trans::no)
-        eigen_detail::gemm_kernel<::Eigen::ColMajor, ::Eigen::RowMajor>(m, n, k, pa, a.cols, pb, b.cols, pc, n, alpha, blocking);
-      else
-        eigen_detail::gemm_kernel<::Eigen::ColMajor, ::Eigen::ColMajor>(m, n, k, pa, a.cols, pb, b.cols, pc, n, alpha, blocking);
-    }
+  void gemm(Trans ta, Trans tb, T alpha, MatrixView<const T> a, MatrixView<const T> b, T beta, MatrixView<T> c) {
+    check_gemm(ta, tb, a, b, c);
+    products_.gemm(ta, tb, alpha, a, b, beta, c);
+  }
+  // C = alpha op(A) op(A)^T + beta C, exactly symmetric (about half a product's flops).
+  void syrk([[maybe_unused]] Trans t, T alpha, MatrixView<const T> a, T beta, MatrixView<T> c) {
+    assert(c.rows == c.cols && c.rows == (t == Trans::no ? a.rows : a.cols));
+    products_.syrk(t, alpha, a, beta, c);
+  }
+  // Adds alpha to the diagonal of every slice.
+  void add_to_diagonal(MatrixView<T> c, T alpha) {
+    const index_t d = std::min(c.rows, c.cols);
+    for (index_t s = 0; s < c.batch; ++s)
+      for (index_t i = 0; i < d; ++i) c.data[s * c.slice_size() + i * c.cols + i] += alpha;
+  }
+
+  // bf16 products (float backends): bf16 operands, float accumulation and results.
+  [[nodiscard]] std::string bf16_unavailable_reason() const {
+    if constexpr (!std::is_same_v<T, float>)
+      return "bf16 products run on float backends (Eigen<float>), this one is Eigen<double>";
+    else
+      return cpu::bf16_unavailable_reason();
+  }
+  void gemm(Trans ta, Trans tb, float alpha, MatrixView<const bfloat16> a, MatrixView<const bfloat16> b, float beta,
+            MatrixView<float> c)
+    requires std::is_same_v<T, float>
+  {
+    check_gemm(ta, tb, a, b, c);
+    products_.gemm(ta, tb, alpha, a, b, beta, c);
+  }
+  void syrk([[maybe_unused]] Trans t, float alpha, MatrixView<const bfloat16> a, float beta, MatrixView<float> c)
+    requires std::is_same_v<T, float>
+  {
+    assert(c.rows == c.cols && c.rows == (t == Trans::no ? a.rows : a.cols));
+    products_.syrk(t, alpha, a, beta, c);
+  }
+  // dst = src rounded to bf16 (nearest even; NaN stays NaN).
+  void convert(MatrixView<const T> src, MatrixView<bfloat16> dst) {
+    assert(src.size() == dst.size());
+    const index_t n = src.size();
+    for (index_t i = 0; i < n; ++i) dst.data[i].bits = muon::detail::float_to_bf16(static_cast<float>(src.data[i]));
   }
 
   // ---- Elementwise --------------------------------------------------------------------------
@@ -252,7 +325,8 @@ class Eigen {
   }
   void synchronize() {}  // everything ran when it was called
 
-  [[nodiscard]] std::size_t scratch_bytes() const { return scratch_.size() * sizeof(T); }
+  // The built-in kernel's packing space reserved per thread (0 with a product library).
+  [[nodiscard]] std::size_t scratch_bytes() const { return reserved_ * sizeof(T); }
 
   // ---- Capability beyond the concept: the exact polar factor (used by SvdPolar) ---------------
   // U V^T of each slice via a thin SVD computed in double (zero singular values dropped). A
@@ -276,15 +350,6 @@ class Eigen {
   }
 
  private:
-  static void scale_in_place(T* p, index_t n, T beta) {
-    if (beta == T(1)) return;
-    if (beta == T(0)) {
-      std::fill(p, p + n, T(0));  // beta == 0 must clear NaN garbage too, as BLAS does
-      return;
-    }
-    for (index_t i = 0; i < n; ++i) p[i] *= beta;
-  }
-
   template <class F, class... P>
   static void apply_loop(T* out, index_t n, F f, const P*... in) {
     for (index_t i = 0; i < n; ++i) out[i] = static_cast<T>(f(in[i]...));
@@ -302,7 +367,19 @@ class Eigen {
     return scale * std::sqrt(sum);
   }
 
-  Buffer<T> scratch_;
+  template <class In, class Out>
+  static void check_gemm([[maybe_unused]] Trans ta, [[maybe_unused]] Trans tb, [[maybe_unused]] MatrixView<const In> a,
+                         [[maybe_unused]] MatrixView<const In> b, [[maybe_unused]] MatrixView<Out> c) {
+    [[maybe_unused]] const index_t k = ta == Trans::no ? a.cols : a.rows;
+    assert((ta == Trans::no ? a.rows : a.cols) == c.rows);
+    assert((tb == Trans::no ? b.rows : b.cols) == k);
+    assert((tb == Trans::no ? b.cols : b.rows) == c.cols);
+    assert(a.batch == c.batch || a.batch == 1);
+    assert(b.batch == c.batch || b.batch == 1);
+  }
+
+  cpu::Products<T, eigen_detail::Kernel<T>> products_;
+  std::size_t reserved_ = 0;
 };
 
 static_assert(Backend<Eigen<float>>, "muon::backend::Eigen<float> must satisfy muon::backend::Backend");

@@ -27,6 +27,7 @@ struct Backend {
   void gemm(backend::Trans, backend::Trans, float, backend::MatrixView<const float>, backend::MatrixView<const float>,
             float, backend::MatrixView<float>) {}
   void reserve_gemm(index_t, index_t, index_t) {}
+  void add_to_diagonal(backend::MatrixView<value_type>, value_type) {}
   template <class F, class... In>
   void transform(backend::MatrixView<float>, F, In...) {}
   template <class F, class... In>

@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -44,6 +45,7 @@
 #include "muon/core/report.hpp"
 #include "muon/core/schedule.hpp"
 #include "muon/core/telemetry.hpp"
+#include "muon/core/thread_pool.hpp"
 #include "muon/core/tensor.hpp"
 #include "muon/core/validate.hpp"
 #include "muon/core/workspace.hpp"
@@ -199,6 +201,10 @@ class Optimizer {
     // Opt-in per-step numbers (StepResult::telemetry): costs a few reductions per tensor, one
     // n x n GEMM per matrix (the orthogonality error) and host reads of those scalars.
     bool telemetry = false;
+    // Threads for the step: products are split across them and independent tensors run side by
+    // side, on one pool shared by every optimizer of the process (core/thread_pool.hpp).
+    // 0 = every core this process may run on. Results are deterministic for a given count.
+    int threads = 0;
     // Learning-rate schedule: a multiplier of both base rates (lr and the fallback's) per step.
     Schedule schedule{};
     // Modular lr scaling of the matrix path (off by default; see ModularScaling).
@@ -219,7 +225,10 @@ class Optimizer {
         orth_(options_.orthogonalizer),
         constraint_(options_.constraint),
         fallback_(options_.fallback),
-        fallback_base_lr_(fallback_.lr()) {}
+        fallback_base_lr_(fallback_.lr()),
+        pool_(shared_thread_pool(options_.threads)) {
+    if constexpr (backend::Threaded<B>) backend_.set_pool(pool_.get());
+  }
 
   // Registers a tensor and its gradient (both stay owned by the caller; the optimizer reads the
   // gradient and writes the parameter at every step). Returns the tensor's id. Registering the
@@ -255,12 +264,7 @@ class Optimizer {
     }
     ConstraintStats stats{};
     if (options_.telemetry) telemetry_.begin(lr_now_, fallback_lr);
-    if (!skip_all) {
-      for (auto& slot : matrix_slots_)
-        if (!bad_[slot.id]) step_matrix(slot, stats);
-      for (auto& slot : fallback_slots_)
-        if (!bad_[slot.id]) step_fallback(slot);
-    }
+    if (!skip_all) step_all(stats);
     ++steps_taken_;
     const Telemetry* telemetry = nullptr;
     if (options_.telemetry) {
@@ -292,8 +296,10 @@ class Optimizer {
       m.filter_state_bytes += bytes_of(s.filter);
       m.master_weight_bytes += s.master.size() * sizeof(value_type);
     }
-    m.workspace_bytes = std::max(workspace_.bytes(), need_.values * sizeof(value_type) +
-                                                         need_.accums * sizeof(typename B::accum_type));
+    const std::size_t lane_bytes =
+        std::max(workspace_.bytes(), need_.values * sizeof(value_type) + need_.accums * sizeof(typename B::accum_type));
+    m.workspace_copies = static_cast<std::size_t>(planned_lanes());
+    m.workspace_bytes = lane_bytes * m.workspace_copies;
     m.backend_scratch_bytes = backend_.scratch_bytes();
     return m;
   }
@@ -334,6 +340,8 @@ class Optimizer {
     detail::fail("no parameter named '" + name + "'");
   }
   [[nodiscard]] std::uint64_t steps_taken() const { return steps_taken_; }
+  // The threads a step runs on (Options::threads, 0 resolved to the available cores).
+  [[nodiscard]] int threads() const { return pool_->size(); }
 
   // The constraint's state of a matrix-path tensor, for constraints that take input from the
   // trainer (QK-Clip's max logits) or report detail (which heads were clipped).
@@ -628,6 +636,9 @@ class Optimizer {
     detail::require_non_negative("Optimizer", "weight_decay", o.weight_decay);
     detail::require_unit_interval("Optimizer", "normuon_beta2", o.normuon_beta2);
     detail::require_positive("Optimizer", "normuon_eps", o.normuon_eps);
+    if (o.threads < 0 || o.threads > ThreadPool::k_max_threads)
+      detail::fail("Optimizer: option 'threads' must be in [0, " + std::to_string(ThreadPool::k_max_threads) +
+                   "] (0 = every available core), got " + std::to_string(o.threads));
     if (o.modular.shape && o.lr_adjust != LrAdjust::none)
       detail::fail("Optimizer: options 'modular.shape' and 'lr_adjust' both scale the lr by the shape; set "
                    "lr_adjust = LrAdjust::none to use the modular shape factor");
@@ -744,6 +755,7 @@ class Optimizer {
       if (options_.normuon) {
         need.add(detail::RowNormalizer<B>::plan(batch, prow, pcol, rows));
         row_normalizer_.reserve(backend_, std::max(prow, pcol));
+        row_normalizer_capacity_ = std::max(row_normalizer_capacity_, std::max(prow, pcol));
       }
       // The direction: the constraint's plan covers its own use of the orthogonalizer; the
       // orthogonalizer alone is what runs when the constraint is switched off. A constraint
@@ -783,6 +795,7 @@ class Optimizer {
     // Nothing below throws (capacity reserved above).
     need_.raise_to(need);
     unconstrained_need_.raise_to(unconstrained);
+    schedule_dirty_ = true;
     const std::size_t slot = route.path == Path::matrix ? matrix_slots_.size() - 1 : fallback_slots_.size() - 1;
     entries_.push_back(
         Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data, p.layout, p.format, slot});
@@ -833,15 +846,18 @@ class Optimizer {
   // The gradient as value_type: the registered buffer itself, or decoded / unscaled into workspace.
   backend::MatrixView<const T> gradient(const detail::GradSource& src, backend::MatrixView<const T> shape,
                                         std::optional<double> inv_scale) {
+    return gradient(backend_, workspace_, src, shape, inv_scale);
+  }
+  static backend::MatrixView<const T> gradient(B& b, Workspace<B>& ws, const detail::GradSource& src,
+                                               backend::MatrixView<const T> shape, std::optional<double> inv_scale) {
     if (src.format == ElementFormat::value && !inv_scale) return {static_cast<const T*>(src.data), shape.batch, shape.rows, shape.cols};
-    auto out = workspace_.take(shape.batch, shape.rows, shape.cols);
+    auto out = ws.take(shape.batch, shape.rows, shape.cols);
     const T scale = static_cast<T>(inv_scale.value_or(1.0));
     if (src.format == ElementFormat::value)
-      backend_.transform(out, fn::Scale<T>{scale},
-                         backend::MatrixView<const T>{static_cast<const T*>(src.data), shape.batch, shape.rows, shape.cols});
+      b.transform(out, fn::Scale<T>{scale},
+                  backend::MatrixView<const T>{static_cast<const T*>(src.data), shape.batch, shape.rows, shape.cols});
     else
-      backend_.transform_indexed(out, detail::DecodeScaled<T>{static_cast<const std::uint16_t*>(src.data), src.format, scale},
-                                 out);
+      b.transform_indexed(out, detail::DecodeScaled<T>{static_cast<const std::uint16_t*>(src.data), src.format, scale}, out);
     return out;
   }
 
@@ -874,48 +890,168 @@ class Optimizer {
     }
   }
 
-  void step_matrix(MatrixSlot& s, ConstraintStats& stats) {
-    workspace_.reset();
-    const auto graw = gradient(s.grad, s.g, inv_scale_);
-    const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, graw, workspace_) : graw;
-    if (options_.telemetry) telemetry_.gradients(backend_, workspace_, graw, g);
+  // What one thread of the step works with: a backend (its products on the shared pool, or on
+  // its own thread inside a task), a workspace, NorMuon's scratch and its share of the stats.
+  // Lane 0 is the optimizer's own backend_ / workspace_ / row_normalizer_.
+  struct Lane {
+    B backend;
+    Workspace<B> workspace{};
+    detail::RowNormalizer<B> row_normalizer{};
+    ConstraintStats stats{};
+  };
+  struct LaneRef {
+    B& b;
+    Workspace<B>& ws;
+    detail::RowNormalizer<B>& row_normalizer;
+    ConstraintStats& stats;
+  };
+  [[nodiscard]] int lane_count() const { return 1 + static_cast<int>(lanes_.size()); }
+  // The lanes a step will use (planning the schedule if registrations changed it).
+  [[nodiscard]] int planned_lanes() {
+    if (schedule_dirty_) plan_schedule();
+    return schedule_lanes_;
+  }
+  LaneRef lane(int i, ConstraintStats& main_stats) {
+    if (i == 0) return {backend_, workspace_, row_normalizer_, main_stats};
+    Lane& l = lanes_[static_cast<std::size_t>(i - 1)];
+    return {l.backend, l.workspace, l.row_normalizer, l.stats};
+  }
+
+  // Who runs what, fixed by the shapes and the thread count (so results are deterministic for a
+  // given count): a tensor whose cost exceeds one thread's share of the step runs alone with
+  // its products split over every thread; the others are spread over the threads, largest
+  // first, each to the least loaded thread, and each runs whole on its thread.
+  void plan_schedule() {
+    const int t = pool_->size();
+    const bool parallel = t > 1 && !options_.telemetry;  // telemetry's recorder is one per optimizer
+    split_slots_.clear();
+    owner_matrix_.assign(matrix_slots_.size(), 0);
+    owner_fallback_.assign(fallback_slots_.size(), 0);
+    schedule_dirty_ = false;
+    schedule_lanes_ = 1;
+    if (!parallel) return;
+    // Costs in flop-equivalents: Newton-Schulz products, plus elementwise passes (memory-bound:
+    // a few hundred flops' time per element).
+    auto matrix_cost = [](const MatrixSlot& s) {
+      const double n = static_cast<double>(std::min(s.w.rows, s.w.cols)), m = static_cast<double>(std::max(s.w.rows, s.w.cols));
+      return static_cast<double>(s.w.batch) * (4 * n * n * m + 2 * n * n * n + 200 * n * m);
+    };
+    auto fallback_cost = [](const FallbackSlot& s) { return 400.0 * static_cast<double>(s.w.size()); };
+    double total = 0;
+    for (const auto& s : matrix_slots_) total += matrix_cost(s);
+    for (const auto& s : fallback_slots_) total += fallback_cost(s);
+    const double share = total / t;
+    struct Job {
+      double cost;
+      bool matrix;
+      std::size_t slot;
+    };
+    std::vector<Job> jobs;
+    for (std::size_t i = 0; i < matrix_slots_.size(); ++i) {
+      const double c = matrix_cost(matrix_slots_[i]);
+      if (c > share)
+        split_slots_.push_back(i);
+      else
+        jobs.push_back({c, true, i});
+    }
+    for (std::size_t i = 0; i < fallback_slots_.size(); ++i) jobs.push_back({fallback_cost(fallback_slots_[i]), false, i});
+    std::stable_sort(jobs.begin(), jobs.end(), [](const Job& x, const Job& y) { return x.cost > y.cost; });
+    // The first min(t, jobs) jobs land on lanes 0, 1, ... (empty lanes are the least loaded).
+    schedule_lanes_ = std::max(1, std::min(t, static_cast<int>(jobs.size())));
+    std::vector<double> load(static_cast<std::size_t>(schedule_lanes_), 0.0);
+    for (const Job& j : jobs) {
+      const auto best = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+      load[best] += j.cost;
+      (j.matrix ? owner_matrix_[j.slot] : owner_fallback_[j.slot]) = static_cast<int>(best);
+    }
+  }
+
+  // Lanes 1.. with their workspaces, as the schedule needs (the first step allocates them).
+  void ensure_lanes() {
+    if (schedule_dirty_) plan_schedule();
+    const auto extra = static_cast<std::size_t>(schedule_lanes_ - 1);
+    const bool same = lanes_.size() == extra && lanes_need_.values == planned_.values && lanes_need_.accums == planned_.accums;
+    if (same) return;
+    while (lanes_.size() < extra) lanes_.push_back(Lane{backend_});
+    while (lanes_.size() > extra) lanes_.pop_back();
+    for (auto& l : lanes_) {
+      if constexpr (backend::Threaded<B>) l.backend.set_pool(pool_.get());  // inside a task: its own thread
+      l.workspace.allocate(l.backend, planned_);
+      if (options_.normuon) l.row_normalizer.reserve(l.backend, row_normalizer_capacity_);
+    }
+    lanes_need_ = planned_;
+  }
+
+  void step_all(ConstraintStats& stats) {
+    ensure_lanes();
+    if (lanes_.empty() && split_slots_.empty()) {  // one thread
+      LaneRef l = lane(0, stats);
+      for (auto& slot : matrix_slots_)
+        if (!bad_[slot.id]) step_matrix(l, slot);
+      for (auto& slot : fallback_slots_)
+        if (!bad_[slot.id]) step_fallback(l, slot);
+      return;
+    }
+    LaneRef main = lane(0, stats);
+    for (std::size_t i : split_slots_)  // products split over every thread
+      if (!bad_[matrix_slots_[i].id]) step_matrix(main, matrix_slots_[i]);
+    for (auto& l : lanes_) l.stats = {};
+    pool_->run(lane_count(), [&](int w) {
+      LaneRef l = lane(w, stats);
+      for (std::size_t i = 0; i < matrix_slots_.size(); ++i)
+        if (owner_matrix_[i] == w && !is_split(i) && !bad_[matrix_slots_[i].id]) step_matrix(l, matrix_slots_[i]);
+      for (std::size_t i = 0; i < fallback_slots_.size(); ++i)
+        if (owner_fallback_[i] == w && !bad_[fallback_slots_[i].id]) step_fallback(l, fallback_slots_[i]);
+    });
+    for (auto& l : lanes_) merge_constraint_stats(stats, l.stats);
+  }
+  [[nodiscard]] bool is_split(std::size_t i) const {
+    return std::find(split_slots_.begin(), split_slots_.end(), i) != split_slots_.end();
+  }
+
+  void step_matrix(LaneRef l, MatrixSlot& s) {
+    B& b = l.b;
+    Workspace<B>& ws = l.ws;
+    ws.reset();
+    const auto graw = gradient(b, ws, s.grad, s.g, inv_scale_);
+    const auto g = options_.enable_filter ? filter_.apply(b, s.filter, graw, ws) : graw;
+    if (options_.telemetry) telemetry_.gradients(b, ws, graw, g);
     backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
     const T beta = static_cast<T>(options_.momentum);
-    backend_.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
-    auto u = workspace_.take(s.w.batch, s.w.rows, s.w.cols);
+    b.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
+    auto u = ws.take(s.w.batch, s.w.rows, s.w.cols);
     if (options_.nesterov)
-      backend_.transform(u, fn::Lerp<T>{beta}, g, m);
+      b.transform(u, fn::Lerp<T>{beta}, g, m);
     else
-      backend_.transform(u, fn::Copy{}, m);
+      b.transform(u, fn::Copy{}, m);
     const double step_size = lr_now_ * s.lr_factor;
     const MatrixParam<T> param{s.w, s.transposed, &entries_[s.id].info, step_size};
     if (options_.enable_constraint)
-      constraint_.direction(backend_, s.constraint, orth_, param, u, workspace_);
+      constraint_.direction(b, s.constraint, orth_, param, u, ws);
     else
-      orth_.apply(backend_, u, workspace_);
-    if (options_.telemetry) telemetry_.orthogonality(backend_, workspace_, u);
+      orth_.apply(b, u, ws);
+    if (options_.telemetry) telemetry_.orthogonality(b, ws, u);
     if (options_.normuon)
-      row_normalizer_.apply(backend_, workspace_, s.row_second_moment.data(), u, s.transposed, options_.normuon_beta2,
-                            options_.normuon_eps);
-    backend_.transform(s.w,
-                       detail::ApplyUpdate<T>{static_cast<T>(1.0 - lr_now_ * options_.weight_decay),
-                                              static_cast<T>(step_size)},
-                       s.w, u);
+      l.row_normalizer.apply(b, ws, s.row_second_moment.data(), u, s.transposed, options_.normuon_beta2,
+                             options_.normuon_eps);
+    b.transform(s.w,
+                detail::ApplyUpdate<T>{static_cast<T>(1.0 - lr_now_ * options_.weight_decay), static_cast<T>(step_size)},
+                s.w, u);
     if (options_.enable_constraint) {
-      constraint_.retract(backend_, s.constraint, orth_, param, workspace_);
+      constraint_.retract(b, s.constraint, orth_, param, ws);
       // Optional: a constraint that reports adds its numbers to the step result.
-      if constexpr (requires { constraint_.report(s.constraint, stats); }) constraint_.report(s.constraint, stats);
+      if constexpr (requires { constraint_.report(s.constraint, l.stats); }) constraint_.report(s.constraint, l.stats);
     }
-    if (s.target.has_master()) detail::refresh_target(backend_, s.target, s.w, workspace_.take_accums(1));
+    if (s.target.has_master()) detail::refresh_target(b, s.target, s.w, ws.take_accums(1));
   }
 
-  void step_fallback(FallbackSlot& s) {
-    workspace_.reset();
-    const auto graw = gradient(s.grad, s.g, inv_scale_);
-    const auto g = options_.enable_filter ? filter_.apply(backend_, s.filter, graw, workspace_) : graw;
-    if (options_.telemetry) telemetry_.gradients(backend_, workspace_, graw, g);
-    fallback_.apply(backend_, s.fallback, s.w, g);
-    if (s.target.has_master()) detail::refresh_target(backend_, s.target, s.w, workspace_.take_accums(1));
+  void step_fallback(LaneRef l, FallbackSlot& s) {
+    l.ws.reset();
+    const auto graw = gradient(l.b, l.ws, s.grad, s.g, inv_scale_);
+    const auto g = options_.enable_filter ? filter_.apply(l.b, s.filter, graw, l.ws) : graw;
+    if (options_.telemetry) telemetry_.gradients(l.b, l.ws, graw, g);
+    fallback_.apply(l.b, s.fallback, s.w, g);
+    if (s.target.has_master()) detail::refresh_target(l.b, s.target, s.w, l.ws.take_accums(1));
   }
 
   // Rewrites every 16-bit tensor / quantized view from its master (after load()).
@@ -955,6 +1091,16 @@ class Optimizer {
   std::optional<double> inv_scale_{};  // the step's loss-scale inverse, if any
   detail::TelemetryRecorder<B> telemetry_{};
   detail::RowNormalizer<B> row_normalizer_{};
+  index_t row_normalizer_capacity_ = 0;
+  // Threads (plan_schedule): the shared pool, lanes 1.. (lane 0 is the members above), the
+  // tensors whose products are split, and which lane runs each other tensor.
+  std::shared_ptr<ThreadPool> pool_;
+  std::vector<Lane> lanes_;
+  std::vector<std::size_t> split_slots_;
+  std::vector<int> owner_matrix_, owner_fallback_;
+  bool schedule_dirty_ = true;
+  int schedule_lanes_ = 1;
+  WorkspaceNeed lanes_need_{};
 };
 
 }  // namespace muon

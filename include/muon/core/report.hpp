@@ -1,6 +1,8 @@
 #pragma once
 // What the optimizer tells its user: where every parameter goes (RoutingReport), what memory it
 // holds (MemoryReport) and what a step did (StepResult).
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <iomanip>
@@ -84,7 +86,8 @@ struct MemoryReport {
   std::size_t matrix_state_bytes = 0;    // momentum buffers (+ constraint state)
   std::size_t fallback_state_bytes = 0;  // fallback optimizer state
   std::size_t filter_state_bytes = 0;    // gradient filter state
-  std::size_t workspace_bytes = 0;       // shared scratch (planned, or allocated once stepping)
+  std::size_t workspace_bytes = 0;       // scratch (planned, or allocated once stepping), all copies
+  std::size_t workspace_copies = 1;      // one per thread that runs tensors side by side (Options::threads)
   std::size_t backend_scratch_bytes = 0; // e.g. GEMM packing buffers
   std::size_t master_weight_bytes = 0;   // value_type master copies of 16-bit / quantized parameters
 
@@ -119,6 +122,18 @@ struct ConstraintStats {
   double max_stiefel_error = 0;     // Stiefel: largest ||W^T W - I||_F after the step (W tall; W W^T for wide)
   double max_sphere_error = 0;      // Hypersphere: largest | ||w|| - 1 | over constrained rows after the step
 };
+
+// Adds one group's (or thread's) numbers into another: counts add, maxima take the larger, and
+// a NaN (a broken tensor) stays visible.
+inline void merge_constraint_stats(ConstraintStats& into, const ConstraintStats& s) {
+  auto worst = [](double a, double b) { return std::isnan(a) || std::isnan(b) ? std::nan("") : std::max(a, b); };
+  into.clipped_heads += s.clipped_heads;
+  into.max_head_value = worst(into.max_head_value, s.max_head_value);
+  into.dual_iterations += s.dual_iterations;
+  into.max_residual = worst(into.max_residual, s.max_residual);
+  into.max_stiefel_error = worst(into.max_stiefel_error, s.max_stiefel_error);
+  into.max_sphere_error = worst(into.max_sphere_error, s.max_sphere_error);
+}
 
 // Opt-in numbers about one step (Options::telemetry). Norms are over all tensors that were
 // updated; the orthogonality error is the worst matrix (slice) of the step.

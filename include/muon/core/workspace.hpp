@@ -8,6 +8,7 @@
 
 #include "muon/backend/concept.hpp"
 #include "muon/core/error.hpp"
+#include "muon/core/low_precision.hpp"
 
 namespace muon {
 
@@ -21,6 +22,16 @@ struct WorkspaceNeed {
   constexpr WorkspaceNeed& add_matrix(index_t batch, index_t rows, index_t cols) {
     values += rounded(static_cast<std::size_t>(batch * rows * cols));
     return *this;
+  }
+  // Space for a batch x rows x cols view of bfloat16 (taken from the value_type storage).
+  template <class T>
+  constexpr WorkspaceNeed& add_bf16_matrix(index_t batch, index_t rows, index_t cols) {
+    values += rounded(bf16_values<T>(batch * rows * cols));
+    return *this;
+  }
+  template <class T>
+  static constexpr std::size_t bf16_values(index_t n) {
+    return (static_cast<std::size_t>(n) * sizeof(bfloat16) + sizeof(T) - 1) / sizeof(T);
   }
   constexpr WorkspaceNeed& add_accums(index_t n) {
     accums += rounded(static_cast<std::size_t>(n));
@@ -54,6 +65,14 @@ class Workspace {
     const std::size_t n = WorkspaceNeed::rounded(static_cast<std::size_t>(batch * rows * cols));
     if (value_top_ + n > values_.size()) overflow();
     backend::MatrixView<T> v{values_.data() + value_top_, batch, rows, cols};
+    value_top_ += n;
+    return v;
+  }
+  // A bfloat16 view carved from the value_type storage (planned with add_bf16_matrix<T>).
+  [[nodiscard]] backend::MatrixView<bfloat16> take_bf16(index_t batch, index_t rows, index_t cols) {
+    const std::size_t n = WorkspaceNeed::rounded(WorkspaceNeed::bf16_values<T>(batch * rows * cols));
+    if (value_top_ + n > values_.size()) overflow();
+    backend::MatrixView<bfloat16> v{reinterpret_cast<bfloat16*>(values_.data() + value_top_), batch, rows, cols};
     value_top_ += n;
     return v;
   }

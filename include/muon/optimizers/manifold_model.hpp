@@ -311,16 +311,7 @@ class ManifoldModel {
     return shape.rank() < 2 ? "norms" : "stiefel";
   }
 
-  // The larger of two reported values; a NaN (a group found a broken tensor) stays visible.
-  static double worst(double a, double b) { return std::isnan(a) || std::isnan(b) ? std::nan("") : std::max(a, b); }
-  static void merge(ConstraintStats& into, const ConstraintStats& s) {
-    into.clipped_heads += s.clipped_heads;
-    into.max_head_value = worst(into.max_head_value, s.max_head_value);
-    into.dual_iterations += s.dual_iterations;
-    into.max_residual = worst(into.max_residual, s.max_residual);
-    into.max_stiefel_error = worst(into.max_stiefel_error, s.max_stiefel_error);
-    into.max_sphere_error = worst(into.max_sphere_error, s.max_sphere_error);
-  }
+  static void merge(ConstraintStats& into, const ConstraintStats& s) { merge_constraint_stats(into, s); }
 
   template <class F>
   void for_each_group(F&& f) {

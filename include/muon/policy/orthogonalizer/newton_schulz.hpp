@@ -13,14 +13,21 @@
 // is what Muon needs. A per-iteration schedule (Options::schedule) replaces the fixed
 // coefficients; iteration k uses schedule[min(k, size - 1)]. polar_express.hpp ships the Polar
 // Express schedule.
+//
+// Precision::bf16 rounds every product's operands to bf16 and accumulates in float (as
+// torch.optim.Muon's default, which also keeps its intermediates in bf16); it needs a backend
+// with bf16 products and refuses at registration otherwise.
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "muon/backend/concept.hpp"
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
 #include "muon/core/functors.hpp"
+#include "muon/core/precision.hpp"
 #include "muon/core/validate.hpp"
 #include "muon/core/workspace.hpp"
 
@@ -63,6 +70,7 @@ class NewtonSchulz {
     double norm_scale = 1.0;                      // Polar Express divides by 1.01 ||X||
     double eps = 1e-7;
     EpsMode eps_mode = EpsMode::add;
+    Precision precision = Precision::full;  // bf16: bf16 product inputs, float accumulation
   };
 
   NewtonSchulz() : NewtonSchulz(Options{}) {}
@@ -91,17 +99,29 @@ class NewtonSchulz {
   [[nodiscard]] WorkspaceNeed plan(B& b, index_t batch, index_t rows, index_t cols) const {
     const index_t n = std::min(rows, cols);
     const index_t m = std::max(rows, cols);
+    if (options_.precision == Precision::bf16) require_bf16(b);
     b.reserve_gemm(n, n, m);  // A = X X^T
     b.reserve_gemm(n, n, n);  // B += c A A
     b.reserve_gemm(n, m, n);  // Y = B X
     b.reserve_gemm(m, n, n);  // Y = X B (tall)
-    return WorkspaceNeed{}
-        .add_accums(batch)
-        .add_matrix(batch, n, n)
-        .add_matrix(batch, n, n)
-        .add_matrix(batch, rows, cols);
+    WorkspaceNeed need = WorkspaceNeed{}
+                             .add_accums(batch)
+                             .add_matrix(batch, n, n)
+                             .add_matrix(batch, n, n)
+                             .add_matrix(batch, rows, cols);
+    if (options_.precision == Precision::bf16)
+      need.template add_bf16_matrix<typename B::value_type>(batch, rows, cols)
+          .template add_bf16_matrix<typename B::value_type>(batch, n, n);
+    return need;
   }
 
+  // Each iteration, with X wide (a tall X is worked on as its transpose through the products'
+  // transpose flags, so the small side n is always the Gram side):
+  //   A = X X^T                 symmetric product where the backend has one (half the flops)
+  //   B = a I + b A + c A A     A A = A A^T: symmetric again; a I folds a X into the next product
+  //   X <- B X                  into the other buffer; the two swap roles every iteration
+  // In bf16 precision each product's operands are rounded to bf16 first; accumulation, results
+  // and X between iterations stay in float.
   template <backend::Backend B>
   void apply(B& b, backend::MatrixView<typename B::value_type> x, Workspace<B>& ws) const {
     using T = typename B::value_type;
@@ -115,27 +135,73 @@ class NewtonSchulz {
     b.transform_slices(x, ns_detail::Normalize<T>{norms, options_.norm_scale, options_.eps,
                                                   options_.eps_mode == EpsMode::clamp},
                        x);
+    if (options_.steps == 0) return;
 
     auto a_mat = ws.take(x.batch, n, n);
     auto b_mat = ws.take(x.batch, n, n);
-    auto y = ws.take(x.batch, x.rows, x.cols);
+    auto other = ws.take(x.batch, x.rows, x.cols);
+    [[maybe_unused]] backend::MatrixView<bfloat16> x16{}, s16{};
+    if (options_.precision == Precision::bf16) {
+      x16 = ws.take_bf16(x.batch, x.rows, x.cols);
+      s16 = ws.take_bf16(x.batch, n, n);
+    }
+    backend::MatrixView<T> cur = x, next = other;
     for (int k = 0; k < options_.steps; ++k) {
       const auto q = coefficients_at(k);
-      if (wide)
-        b.gemm(Trans::no, Trans::yes, T(1), x, x, T(0), a_mat);  // A = X X^T
-      else
-        b.gemm(Trans::yes, Trans::no, T(1), x, x, T(0), a_mat);  // A = X^T X
-      b.transform(b_mat, fn::Scale<T>{static_cast<T>(q.b)}, a_mat);
-      b.gemm(Trans::no, Trans::no, static_cast<T>(q.c), a_mat, a_mat, T(1), b_mat);  // B = bA + cAA
-      if (wide)
-        b.gemm(Trans::no, Trans::no, T(1), b_mat, x, T(0), y);  // Y = B X
-      else
-        b.gemm(Trans::no, Trans::no, T(1), x, b_mat, T(0), y);  // Y = X B
-      b.transform(x, fn::Axpy<T>{static_cast<T>(q.a)}, x, y);   // X = a X + Y
+      if (options_.precision == Precision::bf16) {
+        if constexpr (backend::Bf16Products<B>) {
+          b.convert(cur, x16);
+          b.syrk(wide ? Trans::no : Trans::yes, 1.0f, x16.as_const(), 0.0f, a_mat);  // A
+          b.transform(b_mat, fn::Scale<T>{static_cast<T>(q.b)}, a_mat);
+          b.add_to_diagonal(b_mat, static_cast<T>(q.a));
+          b.convert(a_mat, s16);
+          b.syrk(Trans::no, static_cast<T>(q.c), s16.as_const(), 1.0f, b_mat);  // B += c A A
+          b.convert(b_mat, s16);
+          if (wide)
+            b.gemm(Trans::no, Trans::no, 1.0f, s16.as_const(), x16.as_const(), 0.0f, next);  // X' = B X
+          else
+            b.gemm(Trans::no, Trans::no, 1.0f, x16.as_const(), s16.as_const(), 0.0f, next);  // X' = X B
+        } else {
+          require_bf16(b);  // throws: this backend has no bf16 products
+        }
+      } else {
+        symmetric_product(b, wide ? Trans::no : Trans::yes, T(1), cur, T(0), a_mat);  // A
+        b.transform(b_mat, fn::Scale<T>{static_cast<T>(q.b)}, a_mat);
+        b.add_to_diagonal(b_mat, static_cast<T>(q.a));
+        symmetric_product(b, Trans::no, static_cast<T>(q.c), a_mat, T(1), b_mat);  // B += c A A
+        if (wide)
+          b.gemm(Trans::no, Trans::no, T(1), b_mat, cur, T(0), next);  // X' = B X
+        else
+          b.gemm(Trans::no, Trans::no, T(1), cur, b_mat, T(0), next);  // X' = X B
+      }
+      std::swap(cur, next);
     }
+    if (cur.data != x.data) b.transform(x, fn::Copy{}, cur);
   }
 
  private:
+  // C = alpha op(A) op(A)^T + beta C: the backend's symmetric product, or a plain one.
+  template <backend::Backend B, class T>
+  static void symmetric_product(B& b, backend::Trans t, T alpha, backend::MatrixView<T> a, T beta,
+                                backend::MatrixView<T> c) {
+    using backend::Trans;
+    if constexpr (backend::SymmetricProducts<B>)
+      b.syrk(t, alpha, a.as_const(), beta, c);
+    else
+      b.gemm(t, t == Trans::no ? Trans::yes : Trans::no, alpha, a, a, beta, c);
+  }
+
+  template <backend::Backend B>
+  static void require_bf16(B& b) {
+    if constexpr (!backend::Bf16Products<B>) {
+      detail::fail("NewtonSchulz: precision bf16 needs a backend with bf16 products (muon::backend::Eigen<float> "
+                   "with oneDNN); this backend has none");
+    } else {
+      const std::string why = b.bf16_unavailable_reason();
+      if (!why.empty()) detail::fail("NewtonSchulz: precision bf16 is not available: " + why);
+    }
+  }
+
   Options options_;
 };
 

@@ -66,6 +66,7 @@ class PolarExpress : public NewtonSchulz {
     double norm_scale = 1.01;  // X / (||X|| * norm_scale + eps)
     double eps = 1e-7;
     EpsMode eps_mode = EpsMode::add;
+    Precision precision = Precision::full;  // bf16: bf16 product inputs, float accumulation
   };
 
   PolarExpress() : PolarExpress(Options{}) {}
@@ -81,6 +82,7 @@ class PolarExpress : public NewtonSchulz {
     ns.norm_scale = o.norm_scale;
     ns.eps = o.eps;
     ns.eps_mode = o.eps_mode;
+    ns.precision = o.precision;
     return ns;
   }
 
