@@ -132,3 +132,25 @@ TEST_CASE("manifold compositions by name take their constraint options", "[by_na
   CHECK_THROWS_WITH(muon::make_optimizer<B>("stiefel_muon", muon::parse_config("constraint.tau=3")),
                     Catch::Contains("constraint.tau"));
 }
+
+TEST_CASE("threads and bf16 precision by name", "[by_name][threads][bf16]") {
+  using B = muon::backend::Eigen<float>;
+  Eigen::MatrixXf w = Eigen::MatrixXf::Random(48, 32), g = Eigen::MatrixXf::Random(48, 32);
+  Eigen::MatrixXf w1 = w;
+  auto one = muon::make_optimizer<B>("muon", muon::parse_config("threads=1"));
+  auto three = muon::make_optimizer<B>("muon_sgd", muon::parse_config("threads=3"));
+  one->add("w", w, g);
+  three->add("w", w1, g);
+  one->step();
+  three->step();
+  CHECK(w == w1);  // a lone small tensor runs whole on one thread either way
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("threads=-2")), Catch::Contains("threads"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("orthogonalizer.precision=fp8")),
+                    Catch::Contains("orthogonalizer.precision"));
+  auto bf16 = muon::make_optimizer<B>("stiefel_muon", muon::parse_config("orthogonalizer.precision=bf16"));
+  Eigen::MatrixXf w2 = w;
+  if (B{}.bf16_unavailable_reason().empty())
+    CHECK_NOTHROW(bf16->add("w", w2, g));
+  else
+    CHECK_THROWS_WITH(bf16->add("w", w2, g), Catch::Contains("bf16"));
+}

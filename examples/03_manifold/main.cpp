@@ -74,6 +74,11 @@ Problem make(const char* name, Eigen::Index slices, Eigen::Index rows, Eigen::In
     // it. A target whose polar factor has the other sign would be out of reach (the descent stops
     // at the nearest point of the right sign), so flip one of its rows to match.
     if (!sphere && rows == cols) {
+      // Start within a right angle of the answer in every plane of rotation: from a random
+      // start, the descent can pass next to a saddle (a half turn in one plane, distance
+      // 2 sqrt(2) from the answer), where the gradient vanishes and only rounding noise moves W
+      // off it; how long that takes depends on the last bits of every product.
+      p.w.middleRows(s * rows, rows) = p.target.middleRows(s * rows, rows) + 0.5f * randn(rows, cols, rng);
       const double sign_w = p.w.middleRows(s * rows, rows).cast<double>().determinant();
       const double sign_t = p.target.middleRows(s * rows, rows).cast<double>().determinant();
       if (sign_w * sign_t < 0) p.target.row(s * rows) *= -1.0f;

@@ -17,7 +17,8 @@
 // .tangent_eps (hypersphere), orthogonalizer.safety / .norm_scale (Polar Express),
 // fallback.lr / .beta1 / .beta2 / .eps / .weight_decay (AdamW), .momentum / .dampening /
 // .nesterov (SGD), schedule = constant | warmup_cosine with schedule.warmup_steps /
-// .total_steps / .min_lr_ratio, loss_scaling, modular.depth / .shape. For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
+// .total_steps / .min_lr_ratio, loss_scaling, threads, orthogonalizer.precision = full | bf16,
+// modular.depth / .shape. For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
 // fields are accepted without the prefix too (lr=1e-3). An unknown name or field, or a value that does not parse, throws muon::Error
 // that says which, and lists what is accepted.
 //
@@ -181,6 +182,7 @@ inline void bind(Fields&, policy::FallbackOnlyRouter::Options&) {}
 inline void bind(Fields&, policy::RankRouter::Options&) {}
 inline void bind(Fields& f, policy::NewtonSchulz::Options& o) {
   f.add("orthogonalizer.steps", o.steps);
+  f.add_enum("orthogonalizer.precision", o.precision, {{"full", Precision::full}, {"bf16", Precision::bf16}});
   f.add("orthogonalizer.eps", o.eps);
   f.add("orthogonalizer.a", o.coefficients.a);
   f.add("orthogonalizer.b", o.coefficients.b);
@@ -190,6 +192,7 @@ inline void bind(Fields& f, policy::NewtonSchulz::Options& o) {
 }
 inline void bind(Fields& f, policy::PolarExpress::Options& o) {
   f.add("orthogonalizer.steps", o.steps);
+  f.add_enum("orthogonalizer.precision", o.precision, {{"full", Precision::full}, {"bf16", Precision::bf16}});
   f.add("orthogonalizer.safety", o.safety);
   f.add("orthogonalizer.norm_scale", o.norm_scale);
   f.add("orthogonalizer.eps", o.eps);
@@ -253,6 +256,7 @@ typename Opt::Options options_from(const Config& config, const std::string& kind
   f.add("schedule.total_steps", total_steps);
   f.add("schedule.min_lr_ratio", min_lr_ratio);
   f.add("loss_scaling", o.loss_scaling);
+  f.add("threads", o.threads);
   if (matrix_path) {
     f.add("lr", o.lr);
     f.add("momentum", o.momentum);
