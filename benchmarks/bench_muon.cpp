@@ -359,7 +359,7 @@ void register_all(MuonF& opt, std::vector<Tensor>& model) {
 // fallback tensors) and the rest (gradient checks, momentum, Nesterov, the update).
 void bm_step(benchmark::State& st) {
   auto model = make_transformer();
-  MuonF opt;
+  MuonF opt({.threads = 1});  // the single-threaded comparison: thread CPU time
   register_all(opt, model);
 
   std::vector<Tensor> fallback_model;
@@ -376,7 +376,7 @@ void bm_step(benchmark::State& st) {
     }
   }
   runner.allocate();
-  MuonF fallback_opt;
+  MuonF fallback_opt({.threads = 1});
   register_all(fallback_opt, fallback_model);
 
   double orth_flops = 0;

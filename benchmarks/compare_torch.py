@@ -14,7 +14,8 @@ then the same work in PyTorch on the CPU, so both sides see the same machine sta
     torch.optim.AdamW on the rest, both as shipped (its Newton-Schulz runs in bfloat16) and with
     its Newton-Schulz switched to float32 (the same arithmetic as ours).
 
-Our Eigen backend is single-threaded, so the fair column runs torch with torch.set_num_threads(1)
+These cases run our optimizer on one thread (Options::threads = 1; the GPT-2 section covers all
+threads), so the fair column runs torch with torch.set_num_threads(1)
 and compares CPU time (ours: the benchmark thread's CPU time; torch: the process's CPU time): on a
 shared machine that is the cost of the work whatever else runs. The second column runs torch
 with all threads and compares wall-clock time (ours: the benchmark's wall_ms counter).
@@ -492,15 +493,16 @@ def run_gpt2(args, torch, binary: Path) -> dict:
     print("### GEMM rates in this run (GFLOP/s, wall-clock; median / best of the repetitions)\n")
     keys = [k for k, _ in thread_sets]
     print("| product (C m x n, inner k) | " + " | ".join(
-        f"torch {p}, {k} thread{'s' if k != '1' else ''}" for p in ("fp32", "bf16") for k in keys) + " | ours, 1 thread |")
+        f"torch {p}, {k} thread{'s' if k != '1' else ''}" for p in ("fp32", "bf16") for k in keys) + " | ours (precision, threads) |")
     print("|---|" + "---|" * (2 * len(keys) + 1))
     for layout, m, n, k in gpt2_gemm_products():
         shape = f"{layout}/{m}x{n}x{k}"
         cells = [f"{fmt(torch_gemm[key][f'{p}/{shape}']['median'], 1)} / {fmt(torch_gemm[key][f'{p}/{shape}']['best'], 1)}"
                  for p in ("fp32", "bf16") for key in keys]
-        mine = [f"{name.split('/')[1]}: {fmt(e['GFLOPS'], 1)} / {fmt(e.get('GFLOPS_best', e['GFLOPS']), 1)} "
-                f"(cpu/wall {fmt(e.get('cpu_over_wall', float('nan')))})"
-                for name, e in ours_gemm.items() if "GFLOPS" in e and name.endswith("/" + shape)]
+        mine = [f"{name.split('/')[1]} {re.sub(r'.*/threads:', '', name)}t: {fmt(e['GFLOPS'], 1)} / "
+                f"{fmt(e.get('GFLOPS_best', e['GFLOPS']), 1)}"
+                for name, e in ours_gemm.items()
+                if "GFLOPS" in e and re.search("/" + re.escape(shape) + r"(/threads:\d+)?$", name)]
         print(f"| {shape} | " + " | ".join(cells) + f" | {', '.join(mine) or '—'} |")
     for prec in ("fp32", "bf16"):
         print(f"\nPeak {prec}: " + "; ".join(f"{k} thread{'s' if k != '1' else ''} {fmt(peaks[prec][k], 1)} "
