@@ -69,7 +69,8 @@ class ManifoldModel {
     Schedule schedule{};                // shared by every group
     NonFinitePolicy non_finite = NonFinitePolicy::skip_parameter;
     bool loss_scaling = false;          // lets step({.inv_scale}) unscale fp32 gradients
-    // The groups' own options; their lr, schedule, non_finite and loss_scaling are set from
+    int threads = 0;                    // every group's step threads (0 = every available core)
+    // The groups' own options; their lr, schedule, non_finite, loss_scaling and threads are set from
     // the fields above (whatever is written there).
     typename Stiefel::Options stiefel{.lr_adjust = LrAdjust::none};
     typename Sphere::Options embeddings{.lr_adjust = LrAdjust::none};
@@ -288,6 +289,7 @@ class ManifoldModel {
     g.schedule = options_.schedule;
     g.non_finite = options_.non_finite;
     g.loss_scaling = options_.loss_scaling;
+    g.threads = options_.threads;
     return g;
   }
   static typename Norms::Options norms_options(const Options& o) {
@@ -296,6 +298,7 @@ class ManifoldModel {
     g.schedule = o.schedule;
     g.non_finite = o.non_finite;
     g.loss_scaling = o.loss_scaling;
+    g.threads = o.threads;
     return g;
   }
 

@@ -92,6 +92,7 @@ class SingleThreaded {
 struct Key {
   int in_type, ta, tb;
   std::int64_t m, n, k, lda, ldb, ldc;
+  std::int64_t batch, a_stride, b_stride, c_stride;  // slice strides; 0: shared by every slice
   std::uint32_t alpha_is_one, beta_bits;
   bool operator==(const Key&) const = default;
 };
@@ -102,6 +103,8 @@ struct KeyHash {
     mix(static_cast<std::uint64_t>(k.in_type)); mix(static_cast<std::uint64_t>(k.ta)); mix(static_cast<std::uint64_t>(k.tb));
     mix(static_cast<std::uint64_t>(k.m)); mix(static_cast<std::uint64_t>(k.n)); mix(static_cast<std::uint64_t>(k.k));
     mix(static_cast<std::uint64_t>(k.lda)); mix(static_cast<std::uint64_t>(k.ldb)); mix(static_cast<std::uint64_t>(k.ldc));
+    mix(static_cast<std::uint64_t>(k.batch)); mix(static_cast<std::uint64_t>(k.a_stride));
+    mix(static_cast<std::uint64_t>(k.b_stride)); mix(static_cast<std::uint64_t>(k.c_stride));
     mix(k.alpha_is_one); mix(k.beta_bits);
     return static_cast<std::size_t>(h);
   }
@@ -112,13 +115,16 @@ class Matmul {
  public:
   Matmul(const Key& key, dnnl_data_type_t in_type, float beta) {
     dnnl_memory_desc_t a_md, b_md, c_md, s_md;
-    const dnnl_dims_t a_dims{key.m, key.k}, b_dims{key.k, key.n}, c_dims{key.m, key.n};
-    const dnnl_dims_t a_strides{key.ta ? 1 : key.lda, key.ta ? key.lda : 1};
-    const dnnl_dims_t b_strides{key.tb ? 1 : key.ldb, key.tb ? key.ldb : 1};
-    const dnnl_dims_t c_strides{key.ldc, 1};
-    check(dnnl_memory_desc_init_by_strides(&a_md, 2, a_dims, in_type, a_strides), "memory_desc_init (A)");
-    check(dnnl_memory_desc_init_by_strides(&b_md, 2, b_dims, in_type, b_strides), "memory_desc_init (B)");
-    check(dnnl_memory_desc_init_by_strides(&c_md, 2, c_dims, dnnl_f32, c_strides), "memory_desc_init (C)");
+    // A batch is a leading dimension; an operand shared by every slice has batch 1 there
+    // (oneDNN broadcasts it).
+    const std::int64_t a_batch = key.a_stride ? key.batch : 1, b_batch = key.b_stride ? key.batch : 1;
+    const dnnl_dims_t a_dims{a_batch, key.m, key.k}, b_dims{b_batch, key.k, key.n}, c_dims{key.batch, key.m, key.n};
+    const dnnl_dims_t a_strides{key.a_stride ? key.a_stride : key.m * key.k, key.ta ? 1 : key.lda, key.ta ? key.lda : 1};
+    const dnnl_dims_t b_strides{key.b_stride ? key.b_stride : key.k * key.n, key.tb ? 1 : key.ldb, key.tb ? key.ldb : 1};
+    const dnnl_dims_t c_strides{key.c_stride, key.ldc, 1};
+    check(dnnl_memory_desc_init_by_strides(&a_md, 3, a_dims, in_type, a_strides), "memory_desc_init (A)");
+    check(dnnl_memory_desc_init_by_strides(&b_md, 3, b_dims, in_type, b_strides), "memory_desc_init (B)");
+    check(dnnl_memory_desc_init_by_strides(&c_md, 3, c_dims, dnnl_f32, c_strides), "memory_desc_init (C)");
     dnnl_matmul_desc_t desc;
     check(dnnl_matmul_desc_init(&desc, &a_md, &b_md, nullptr, &c_md), "dnnl_matmul_desc_init");
 
@@ -248,16 +254,26 @@ inline ThreadCache& thread_cache() {
 }
 
 // C (m x n, row-major, leading dimension ldc) = alpha op(A) op(B) + beta C, where A and B are
-// float or bfloat16 (row-major with leading dimensions lda, ldb; transposed as asked).
+// float or bfloat16 (row-major with leading dimensions lda, ldb; transposed as asked), for
+// `batch` slices at the given slice strides (a stride of 0: one operand for every slice).
 template <class In>
 void matmul(Trans ta, Trans tb, index_t m, index_t n, index_t k, float alpha, const In* a, index_t lda, const In* b,
-            index_t ldb, float beta, float* c, index_t ldc) {
+            index_t ldb, float beta, float* c, index_t ldc, index_t batch = 1, index_t a_stride = 0,
+            index_t b_stride = 0, index_t c_stride = 0) {
   static_assert(std::is_same_v<In, float> || std::is_same_v<In, bfloat16>, "oneDNN products take float or bfloat16");
   constexpr dnnl_data_type_t in_type = std::is_same_v<In, float> ? dnnl_f32 : dnnl_bf16;
   std::uint32_t beta_bits = 0;
   std::memcpy(&beta_bits, &beta, sizeof(beta));
-  const detail::Key key{static_cast<int>(in_type), ta == Trans::yes, tb == Trans::yes, m, n, k, lda, ldb, ldc,
-                        alpha == 1.0f, beta_bits};
+  const detail::Key key{static_cast<int>(in_type),
+                        ta == Trans::yes,
+                        tb == Trans::yes,
+                        m, n, k, lda, ldb, ldc,
+                        batch,
+                        batch > 1 ? a_stride : 0,
+                        batch > 1 ? b_stride : 0,
+                        batch > 1 ? c_stride : m * ldc,
+                        alpha == 1.0f,
+                        beta_bits};
   detail::SingleThreaded one_thread;
   detail::ThreadCache& cache = detail::thread_cache();
   detail::Matmul& mm = cache.get(key, in_type, beta);

@@ -82,6 +82,9 @@ struct GemmCall {
   Out beta;
   Out* c;
   index_t ldc;
+  // Slices of a batched product (oneDNN runs them in one call): count and strides; a stride of
+  // 0 shares that operand between slices.
+  index_t batch = 1, a_stride = 0, b_stride = 0, c_stride = 0;
 
   // The part of C from row r0 (count rows) and column c0 (count columns).
   [[nodiscard]] GemmCall rows(index_t r0, index_t count) const {
@@ -98,7 +101,19 @@ struct GemmCall {
     x.c = c + c0;
     return x;
   }
-  [[nodiscard]] double flops() const { return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k); }
+  [[nodiscard]] double flops() const {
+    return 2.0 * static_cast<double>(batch) * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  }
+  // Slices [s0, s0 + count) of a batched product.
+  [[nodiscard]] GemmCall slices(index_t s0, index_t count) const {
+    GemmCall x = *this;
+    x.batch = count;
+    x.a = a + s0 * a_stride;
+    x.b = b + s0 * b_stride;
+    x.c = c + s0 * c_stride;
+    return x;
+  }
+  [[nodiscard]] GemmCall slice(index_t s) const { return slices(s, 1); }
 };
 
 // Kernel: the backend's own product for builds without a library; a type with
@@ -113,6 +128,8 @@ class Products {
   // Products below this many flops per thread run on the calling thread (a fork-join costs
   // a few microseconds; 4 MFLOP is ~20 microseconds of one core).
   static constexpr double k_min_flops_per_thread = 4e6;
+  // Slices up to this many flops go to the library as one batched call (128 x 128 x 128).
+  static constexpr double k_small_slice_flops = 2.0 * 128 * 128 * 128;
   // Block rows of symmetric products.
   static constexpr index_t k_sym_block = 128;
   static constexpr int k_max_sym_blocks = 64;
@@ -127,23 +144,22 @@ class Products {
   template <class In, class Out>
   void gemm(Trans ta, Trans tb, Out alpha, MatrixView<const In> a, MatrixView<const In> b, Out beta, MatrixView<Out> c) {
     const index_t m = c.rows, n = c.cols, k = ta == Trans::no ? a.cols : a.rows;
-    auto slice = [&](index_t s) {
-      return GemmCall<In, Out>{ta, tb, m, n, k, alpha, a.data + (a.batch == 1 ? 0 : s * a.slice_size()), a.cols,
-                               b.data + (b.batch == 1 ? 0 : s * b.slice_size()), b.cols, beta, c.data + s * c.slice_size(), n};
-    };
+    const GemmCall<In, Out> all{ta, tb, m, n, k, alpha, a.data, a.cols, b.data, b.cols, beta, c.data, n,
+                                c.batch, a.batch == 1 ? 0 : a.slice_size(), b.batch == 1 ? 0 : b.slice_size(),
+                                c.slice_size()};
     const int t = threads();
-    const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-    if (t == 1 || flops * static_cast<double>(c.batch) < k_min_flops_per_thread * t) {
-      for (index_t s = 0; s < c.batch; ++s) run(slice(s));
+    if (t == 1 || all.flops() < k_min_flops_per_thread * t) {
+      run_batch(all);
       return;
     }
     if (c.batch >= t) {  // whole slices per thread
       pool_->run(t, [&](int w) {
-        for (index_t s = c.batch * w / t; s < c.batch * (w + 1) / t; ++s) run(slice(s));
+        const index_t s0 = c.batch * w / t, s1 = c.batch * (w + 1) / t;
+        if (s1 > s0) run_batch(all.slices(s0, s1 - s0));
       });
       return;
     }
-    for (index_t s = 0; s < c.batch; ++s) run_split(slice(s), t);
+    for (index_t s = 0; s < c.batch; ++s) run_split(all.slice(s), t);
   }
 
   // ---- C = alpha op(A) op(A)^T + beta C (n x n), both triangles written, exactly symmetric ----
@@ -152,14 +168,18 @@ class Products {
   void syrk(Trans t, Out alpha, MatrixView<const In> a, Out beta, MatrixView<Out> c) {
     const index_t n = c.rows;
     const index_t k = t == Trans::no ? a.cols : a.rows;
-    for (index_t s = 0; s < c.batch; ++s) {
-      const In* pa = a.data + (a.batch == 1 ? 0 : s * a.slice_size());
-      Out* pc = c.data + s * c.slice_size();
-      // op(A) op(A)^T: rows i of op(A) times rows j of op(A).
-      const GemmCall<In, Out> full{t, t == Trans::no ? Trans::yes : Trans::no, n, n, k, alpha, pa, a.cols, pa, a.cols,
-                                   beta, pc, n};
-      syrk_slice(full);
+    // op(A) op(A)^T: rows i of op(A) times rows j of op(A).
+    const index_t a_stride = a.batch == 1 ? 0 : a.slice_size();
+    const GemmCall<In, Out> all{t, t == Trans::no ? Trans::yes : Trans::no, n, n, k, alpha, a.data, a.cols, a.data, a.cols,
+                                beta, c.data, n, c.batch, a_stride, a_stride, c.slice_size()};
+    if (n <= k_sym_block && c.batch > 1) {
+      // Small slices: one full product per slice, all slices in one batched call (the
+      // triangle would not pay for the calls), then each mirrored.
+      gemm(all.ta, all.tb, alpha, a, a, beta, c);
+      for (index_t s = 0; s < c.batch; ++s) mirror(c.data + s * c.slice_size(), n, 0, n);
+      return;
     }
+    for (index_t s = 0; s < c.batch; ++s) syrk_slice(all.slice(s));
   }
 
  private:
@@ -188,6 +208,27 @@ class Products {
     } else {
       Kernel::gemm(g);
     }
+  }
+
+  // A batched product: small slices in one library call where the library takes batches
+  // (oneDNN; a call costs a few microseconds, a 32 x 32 x 32 product less than one), else one
+  // call per slice.
+  template <class In, class Out>
+  static void run_batch(const GemmCall<In, Out>& g) {
+    if (g.batch == 1) {
+      run(g);
+      return;
+    }
+#if defined(MUON_WITH_ONEDNN)
+    if constexpr (std::is_same_v<In, bfloat16> || library == Library::onednn) {
+      if (g.m > 0 && g.n > 0 && g.k > 0 && g.alpha != Out(0) && g.flops() / static_cast<double>(g.batch) <= k_small_slice_flops) {
+        onednn::matmul<In>(g.ta, g.tb, g.m, g.n, g.k, g.alpha, g.a, g.lda, g.b, g.ldb, g.beta, g.c, g.ldc, g.batch,
+                           g.a_stride, g.b_stride, g.c_stride);
+        return;
+      }
+    }
+#endif
+    for (index_t s = 0; s < g.batch; ++s) run(g.slice(s));
   }
 
   // One product cut into `t` panels along C's larger side (multiples of 16 where possible).

@@ -145,6 +145,35 @@ class NewtonSchulz {
       x16 = ws.take_bf16(x.batch, x.rows, x.cols);
       s16 = ws.take_bf16(x.batch, n, n);
     }
+    // Small slices run together (a batched product per stage: fewer library calls); large ones
+    // one after another through every iteration, so each slice's operands stay in cache.
+    // Measured on one thread against separate calls per slice: 256 x 32 x 32 takes 0.65 of the
+    // time, 64 x 64 x 64 0.92; 12 x 768 x 768 1.00 (stage by stage over all slices: 1.08).
+    const bool by_slice = x.batch > 1 && x.slice_size() > k_batched_slice_size;
+    if (!by_slice) {
+      iterate(b, x, other, a_mat, b_mat, x16, s16, wide);
+      return;
+    }
+    for (index_t s = 0; s < x.batch; ++s) {
+      auto one = [s](auto v) {
+        return decltype(v){v.data + s * v.slice_size(), 1, v.rows, v.cols};
+      };
+      iterate(b, one(x), one(other), one(a_mat), one(b_mat), x16.data ? one(x16) : x16, s16.data ? one(s16) : s16, wide);
+    }
+  }
+
+ private:
+  // Slices above this many elements are iterated one at a time (see apply).
+  static constexpr index_t k_batched_slice_size = 128 * 512;
+
+  // The iterations on x (normalised), with `other` as the second X buffer; the result ends in x.
+  template <backend::Backend B>
+  void iterate(B& b, backend::MatrixView<typename B::value_type> x, backend::MatrixView<typename B::value_type> other,
+               backend::MatrixView<typename B::value_type> a_mat, backend::MatrixView<typename B::value_type> b_mat,
+               [[maybe_unused]] backend::MatrixView<bfloat16> x16, [[maybe_unused]] backend::MatrixView<bfloat16> s16,
+               bool wide) const {
+    using T = typename B::value_type;
+    using backend::Trans;
     backend::MatrixView<T> cur = x, next = other;
     for (int k = 0; k < options_.steps; ++k) {
       const auto q = coefficients_at(k);
@@ -179,7 +208,6 @@ class NewtonSchulz {
     if (cur.data != x.data) b.transform(x, fn::Copy{}, cur);
   }
 
- private:
   // C = alpha op(A) op(A)^T + beta C: the backend's symmetric product, or a plain one.
   template <backend::Backend B, class T>
   static void symmetric_product(B& b, backend::Trans t, T alpha, backend::MatrixView<T> a, T beta,
