@@ -87,6 +87,9 @@ TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation
   SECTION("Muon + AdamW, with skipped (NaN) parameters, on 1, 2 and 3 threads") {
     const int threads = GENERATE(1, 2, 3);
     muon::Muon<muon::backend::Eigen<T>> opt({.threads = threads});
+    Mat s1 = Mat::Random(48, 40), gs1 = Mat::Random(48, 40), s2 = Mat::Random(48, 40), gs2 = Mat::Random(48, 40);
+    opt.add("s1", s1, gs1);  // a bucket: orthogonalised together
+    opt.add("s2", s2, gs2);
     opt.add("w1", w1, g1);
     opt.add("w2", w2, g2);
     opt.add("experts", muon::raw(experts.data(), {4, 64, 96}), muon::raw(gexperts.data(), {4, 64, 96}));
@@ -95,6 +98,7 @@ TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation
     opt.add("head", emb, gemb, {.role = muon::Role::output_head});  // tied
     check_steps_allocate_nothing(opt);
     gb(0) = std::numeric_limits<T>::quiet_NaN();
+    gs2(1, 1) = std::numeric_limits<T>::quiet_NaN();  // a bucket member skipped
     check_steps_allocate_nothing(opt);
   }
   SECTION("NorMuon, telemetry, Grokfast filter and QK-Clip") {

@@ -110,6 +110,17 @@ template <class C>
   else
     return true;
 }
+
+// Whether a constraint's direction() is exactly the orthogonalizer's orth(u) (NoConstraint,
+// QK-Clip: their work is in retract()). Such tensors of one shape can be orthogonalised as one
+// batch. Says so with `static constexpr bool direction_is_orthogonalizer = true`; default false.
+template <class C>
+[[nodiscard]] constexpr bool direction_is_orthogonalizer() {
+  if constexpr (requires { { C::direction_is_orthogonalizer } -> std::convertible_to<bool>; })
+    return C::direction_is_orthogonalizer;
+  else
+    return false;
+}
 }  // namespace detail
 
 // 5. Fallback: the whole update of a parameter the router did not send to the matrix path.

@@ -11,6 +11,12 @@ struct Copy {
   MUON_HOST_DEVICE T operator()(T x) const { return x; }
 };
 
+// out = 0, whatever x holds (NaN and Inf included, which s * x with s = 0 would keep).
+struct Zero {
+  template <class T>
+  MUON_HOST_DEVICE T operator()(T) const { return T(0); }
+};
+
 // out = s * x.
 template <class T>
 struct Scale {

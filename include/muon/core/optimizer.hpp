@@ -316,6 +316,7 @@ class Optimizer {
   // orthogonalizer plans none of its workspace): the next step allocates it, once.
   void set_enable_constraint(bool on) {
     options_.enable_constraint = on;
+    schedule_dirty_ = true;  // buckets depend on whether the direction is plain orth(u)
     if (!on) need_.raise_to(unconstrained_need_);
   }
   // The fallback group's base lr (the schedule multiplies it at each step).
@@ -822,6 +823,7 @@ class Optimizer {
   }
 
   void ensure_workspace() {
+    if (schedule_dirty_) plan_schedule();  // buckets may raise the need
     if (need_.values > planned_.values || need_.accums > planned_.accums) {
       workspace_.allocate(backend_, need_);
       planned_ = need_;
@@ -918,18 +920,30 @@ class Optimizer {
   }
 
   // Who runs what, fixed by the shapes and the thread count (so results are deterministic for a
-  // given count): a tensor whose cost exceeds one thread's share of the step runs alone with
-  // its products split over every thread; the others are spread over the threads, largest
-  // first, each to the least loaded thread, and each runs whole on its thread.
+  // given count):
+  //  * buckets: small matrix tensors of one shape whose direction is plain orth(u) are
+  //    orthogonalised as one batch (up to k_bucket_tensors; formed the same on every thread
+  //    count, so they give the same bits on every count);
+  //  * a tensor whose cost exceeds one thread's share runs alone with its products split over
+  //    every thread;
+  //  * the rest (tensors and buckets) are spread over the threads, largest first, each to the
+  //    least loaded thread, and each runs whole on its thread.
+  static constexpr index_t k_bucket_elements = 128 * 512;  // a slice this small gains from batching
+  static constexpr std::size_t k_bucket_tensors = 16;
+
+  struct Job {
+    enum Kind { matrix, fallback, bucket } kind;
+    std::size_t index;  // into matrix_slots_, fallback_slots_ or buckets_
+  };
+
   void plan_schedule() {
     const int t = pool_->size();
     const bool parallel = t > 1 && !options_.telemetry;  // telemetry's recorder is one per optimizer
     split_slots_.clear();
-    owner_matrix_.assign(matrix_slots_.size(), 0);
-    owner_fallback_.assign(fallback_slots_.size(), 0);
+    buckets_.clear();
+    lane_jobs_.clear();
     schedule_dirty_ = false;
     schedule_lanes_ = 1;
-    if (!parallel) return;
     // Costs in flop-equivalents: Newton-Schulz products, plus elementwise passes (memory-bound:
     // a few hundred flops' time per element).
     auto matrix_cost = [](const MatrixSlot& s) {
@@ -937,38 +951,74 @@ class Optimizer {
       return static_cast<double>(s.w.batch) * (4 * n * n * m + 2 * n * n * n + 200 * n * m);
     };
     auto fallback_cost = [](const FallbackSlot& s) { return 400.0 * static_cast<double>(s.w.size()); };
+
+    // Buckets, in registration order.
+    std::vector<char> bucketed(matrix_slots_.size(), 0);
+    if (detail::direction_is_orthogonalizer<Constr>() || !options_.enable_constraint) {
+      for (std::size_t i = 0; i < matrix_slots_.size(); ++i) {
+        const MatrixSlot& s = matrix_slots_[i];
+        if (bucketed[i] || s.w.batch != 1 || s.w.size() > k_bucket_elements) continue;
+        std::vector<std::size_t> members{i};
+        for (std::size_t j = i + 1; j < matrix_slots_.size() && members.size() < k_bucket_tensors; ++j) {
+          const MatrixSlot& o = matrix_slots_[j];
+          if (!bucketed[j] && o.w.batch == 1 && o.w.rows == s.w.rows && o.w.cols == s.w.cols) members.push_back(j);
+        }
+        if (members.size() < 2) continue;
+        for (std::size_t m : members) bucketed[m] = 1;
+        WorkspaceNeed need = need_;
+        need.add_matrix(static_cast<index_t>(members.size()), s.w.rows, s.w.cols);
+        need.add(orth_.plan(backend_, static_cast<index_t>(members.size()), s.w.rows, s.w.cols));
+        need_.raise_to(need);
+        buckets_.push_back(std::move(members));
+      }
+    }
+
+    struct Costed {
+      double cost;
+      Job job;
+    };
+    std::vector<Costed> jobs;
     double total = 0;
     for (const auto& s : matrix_slots_) total += matrix_cost(s);
     for (const auto& s : fallback_slots_) total += fallback_cost(s);
     const double share = total / t;
-    struct Job {
-      double cost;
-      bool matrix;
-      std::size_t slot;
-    };
-    std::vector<Job> jobs;
     for (std::size_t i = 0; i < matrix_slots_.size(); ++i) {
+      if (bucketed[i]) {
+        // A bucket is scheduled where its first member is.
+        for (std::size_t k = 0; k < buckets_.size(); ++k)
+          if (buckets_[k].front() == i) {
+            double c = 0;
+            for (std::size_t m : buckets_[k]) c += matrix_cost(matrix_slots_[m]);
+            jobs.push_back({c, {Job::bucket, k}});
+          }
+        continue;
+      }
       const double c = matrix_cost(matrix_slots_[i]);
-      if (c > share)
+      if (parallel && c > share)
         split_slots_.push_back(i);
       else
-        jobs.push_back({c, true, i});
+        jobs.push_back({c, {Job::matrix, i}});
     }
-    for (std::size_t i = 0; i < fallback_slots_.size(); ++i) jobs.push_back({fallback_cost(fallback_slots_[i]), false, i});
-    std::stable_sort(jobs.begin(), jobs.end(), [](const Job& x, const Job& y) { return x.cost > y.cost; });
+    for (std::size_t i = 0; i < fallback_slots_.size(); ++i) jobs.push_back({fallback_cost(fallback_slots_[i]), {Job::fallback, i}});
+    if (!parallel) {
+      lane_jobs_.emplace_back();
+      for (const Costed& j : jobs) lane_jobs_[0].push_back(j.job);
+      return;
+    }
+    std::stable_sort(jobs.begin(), jobs.end(), [](const Costed& x, const Costed& y) { return x.cost > y.cost; });
     // The first min(t, jobs) jobs land on lanes 0, 1, ... (empty lanes are the least loaded).
     schedule_lanes_ = std::max(1, std::min(t, static_cast<int>(jobs.size())));
+    lane_jobs_.resize(static_cast<std::size_t>(schedule_lanes_));
     std::vector<double> load(static_cast<std::size_t>(schedule_lanes_), 0.0);
-    for (const Job& j : jobs) {
+    for (const Costed& j : jobs) {
       const auto best = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
       load[best] += j.cost;
-      (j.matrix ? owner_matrix_[j.slot] : owner_fallback_[j.slot]) = static_cast<int>(best);
+      lane_jobs_[best].push_back(j.job);
     }
   }
 
   // Lanes 1.. with their workspaces, as the schedule needs (the first step allocates them).
   void ensure_lanes() {
-    if (schedule_dirty_) plan_schedule();
     const auto extra = static_cast<std::size_t>(schedule_lanes_ - 1);
     const bool same = lanes_.size() == extra && lanes_need_.values == planned_.values && lanes_need_.accums == planned_.accums;
     if (same) return;
@@ -983,66 +1033,121 @@ class Optimizer {
   }
 
   void step_all(ConstraintStats& stats) {
+    ensure_workspace();  // plans the schedule (and any buckets' workspace) if registrations changed
     ensure_lanes();
-    if (lanes_.empty() && split_slots_.empty()) {  // one thread
-      LaneRef l = lane(0, stats);
-      for (auto& slot : matrix_slots_)
-        if (!bad_[slot.id]) step_matrix(l, slot);
-      for (auto& slot : fallback_slots_)
-        if (!bad_[slot.id]) step_fallback(l, slot);
-      return;
-    }
     LaneRef main = lane(0, stats);
     for (std::size_t i : split_slots_)  // products split over every thread
       if (!bad_[matrix_slots_[i].id]) step_matrix(main, matrix_slots_[i]);
+    if (lanes_.empty()) {
+      for (const Job& j : lane_jobs_[0]) run_job(main, j);
+      return;
+    }
     for (auto& l : lanes_) l.stats = {};
     pool_->run(lane_count(), [&](int w) {
       LaneRef l = lane(w, stats);
-      for (std::size_t i = 0; i < matrix_slots_.size(); ++i)
-        if (owner_matrix_[i] == w && !is_split(i) && !bad_[matrix_slots_[i].id]) step_matrix(l, matrix_slots_[i]);
-      for (std::size_t i = 0; i < fallback_slots_.size(); ++i)
-        if (owner_fallback_[i] == w && !bad_[fallback_slots_[i].id]) step_fallback(l, fallback_slots_[i]);
+      for (const Job& j : lane_jobs_[static_cast<std::size_t>(w)]) run_job(l, j);
     });
     for (auto& l : lanes_) merge_constraint_stats(stats, l.stats);
   }
-  [[nodiscard]] bool is_split(std::size_t i) const {
-    return std::find(split_slots_.begin(), split_slots_.end(), i) != split_slots_.end();
+
+  void run_job(LaneRef l, const Job& j) {
+    switch (j.kind) {
+      case Job::matrix:
+        if (!bad_[matrix_slots_[j.index].id]) step_matrix(l, matrix_slots_[j.index]);
+        break;
+      case Job::fallback:
+        if (!bad_[fallback_slots_[j.index].id]) step_fallback(l, fallback_slots_[j.index]);
+        break;
+      case Job::bucket:
+        step_bucket(l, buckets_[j.index]);
+        break;
+    }
+  }
+
+  [[nodiscard]] MatrixParam<T> matrix_param(const MatrixSlot& s) const {
+    return {s.w, s.transposed, &entries_[s.id].info, lr_now_ * s.lr_factor};
   }
 
   void step_matrix(LaneRef l, MatrixSlot& s) {
+    l.ws.reset();
+    auto u = l.ws.take(s.w.batch, s.w.rows, s.w.cols);
+    begin_matrix(l, s, u);
+    const MatrixParam<T> param = matrix_param(s);
+    if (options_.enable_constraint)
+      constraint_.direction(l.b, s.constraint, orth_, param, u, l.ws);
+    else
+      orth_.apply(l.b, u, l.ws);
+    finish_matrix(l, s, u);
+  }
+
+  // Tensors of one shape, orthogonalised as one batch: each member's u goes into its slice, the
+  // batch is orthogonalised, then each member is updated. A member skipped for a non-finite
+  // gradient gets a zero slice (orth(0) = 0; the batch keeps its size, so no new kernels) and is
+  // not updated.
+  void step_bucket(LaneRef l, const std::vector<std::size_t>& members) {
+    const MatrixSlot& first = matrix_slots_[members.front()];
+    l.ws.reset();
+    auto u = l.ws.take(static_cast<index_t>(members.size()), first.w.rows, first.w.cols);
+    auto slice = [&u](std::size_t i) {
+      return backend::MatrixView<T>{u.data + static_cast<index_t>(i) * u.slice_size(), 1, u.rows, u.cols};
+    };
+    for (std::size_t i = 0; i < members.size(); ++i) {
+      MatrixSlot& s = matrix_slots_[members[i]];
+      if (bad_[s.id]) {
+        l.b.transform(slice(i), fn::Zero{}, slice(i));
+        continue;
+      }
+      const auto mark = l.ws.mark();
+      begin_matrix(l, s, slice(i));
+      l.ws.rewind(mark);
+    }
+    {
+      const auto mark = l.ws.mark();
+      orth_.apply(l.b, u, l.ws);
+      l.ws.rewind(mark);
+    }
+    for (std::size_t i = 0; i < members.size(); ++i) {
+      MatrixSlot& s = matrix_slots_[members[i]];
+      if (bad_[s.id]) continue;
+      const auto mark = l.ws.mark();
+      finish_matrix(l, s, slice(i));
+      l.ws.rewind(mark);
+    }
+  }
+
+  // Steps 0-3 of a matrix tensor: its gradient (filtered), the momentum, and u into `u`.
+  void begin_matrix(LaneRef l, MatrixSlot& s, backend::MatrixView<T> u) {
     B& b = l.b;
-    Workspace<B>& ws = l.ws;
-    ws.reset();
-    const auto graw = gradient(b, ws, s.grad, s.g, inv_scale_);
-    const auto g = options_.enable_filter ? filter_.apply(b, s.filter, graw, ws) : graw;
-    if (options_.telemetry) telemetry_.gradients(b, ws, graw, g);
+    const auto graw = gradient(b, l.ws, s.grad, s.g, inv_scale_);
+    const auto g = options_.enable_filter ? filter_.apply(b, s.filter, graw, l.ws) : graw;
+    if (options_.telemetry) telemetry_.gradients(b, l.ws, graw, g);
     backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
     const T beta = static_cast<T>(options_.momentum);
     b.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
-    auto u = ws.take(s.w.batch, s.w.rows, s.w.cols);
     if (options_.nesterov)
       b.transform(u, fn::Lerp<T>{beta}, g, m);
     else
       b.transform(u, fn::Copy{}, m);
-    const double step_size = lr_now_ * s.lr_factor;
-    const MatrixParam<T> param{s.w, s.transposed, &entries_[s.id].info, step_size};
-    if (options_.enable_constraint)
-      constraint_.direction(b, s.constraint, orth_, param, u, ws);
-    else
-      orth_.apply(b, u, ws);
-    if (options_.telemetry) telemetry_.orthogonality(b, ws, u);
+  }
+
+  // Step 6 and after, given the direction in `u`: NorMuon, the update, the retraction and the
+  // 16-bit copy.
+  void finish_matrix(LaneRef l, MatrixSlot& s, backend::MatrixView<T> u) {
+    B& b = l.b;
+    const MatrixParam<T> param = matrix_param(s);
+    if (options_.telemetry) telemetry_.orthogonality(b, l.ws, u);
     if (options_.normuon)
-      l.row_normalizer.apply(b, ws, s.row_second_moment.data(), u, s.transposed, options_.normuon_beta2,
+      l.row_normalizer.apply(b, l.ws, s.row_second_moment.data(), u, s.transposed, options_.normuon_beta2,
                              options_.normuon_eps);
     b.transform(s.w,
-                detail::ApplyUpdate<T>{static_cast<T>(1.0 - lr_now_ * options_.weight_decay), static_cast<T>(step_size)},
+                detail::ApplyUpdate<T>{static_cast<T>(1.0 - lr_now_ * options_.weight_decay), static_cast<T>(param.lr)},
                 s.w, u);
     if (options_.enable_constraint) {
-      constraint_.retract(b, s.constraint, orth_, param, ws);
+      constraint_.retract(b, s.constraint, orth_, param, l.ws);
       // Optional: a constraint that reports adds its numbers to the step result.
       if constexpr (requires { constraint_.report(s.constraint, l.stats); }) constraint_.report(s.constraint, l.stats);
     }
-    if (s.target.has_master()) detail::refresh_target(b, s.target, s.w, ws.take_accums(1));
+    if (s.target.has_master()) detail::refresh_target(b, s.target, s.w, l.ws.take_accums(1));
   }
 
   void step_fallback(LaneRef l, FallbackSlot& s) {
@@ -1097,7 +1202,8 @@ class Optimizer {
   std::shared_ptr<ThreadPool> pool_;
   std::vector<Lane> lanes_;
   std::vector<std::size_t> split_slots_;
-  std::vector<int> owner_matrix_, owner_fallback_;
+  std::vector<std::vector<std::size_t>> buckets_;  // matrix slots orthogonalised as one batch
+  std::vector<std::vector<Job>> lane_jobs_;       // what each lane runs, in order
   bool schedule_dirty_ = true;
   int schedule_lanes_ = 1;
   WorkspaceNeed lanes_need_{};

@@ -200,6 +200,8 @@ class QKClip {
     return need;
   }
 
+  // direction() is orth(u): tensors of one shape may be orthogonalised as one batch.
+  static constexpr bool direction_is_orthogonalizer = true;
   template <class B, class O>
   void direction(B& b, State<B>&, O& orth, const MatrixParam<typename B::value_type>&,
                  backend::MatrixView<typename B::value_type> u, Workspace<B>& ws) {
