@@ -35,7 +35,9 @@ int main() {
     Opt together({.threads = 1});
     std::vector<std::unique_ptr<Opt>> alone;
     for (int i = 0; i < count; ++i) {
-      together.add("t" + std::to_string(i), w[static_cast<std::size_t>(i)], g[static_cast<std::size_t>(i)]);
+      std::string name = "t";  // (not "t" + to_string: GCC 12 warns falsely at -O3, -Wrestrict)
+      name += std::to_string(i);
+      together.add(name, w[static_cast<std::size_t>(i)], g[static_cast<std::size_t>(i)]);
       alone.push_back(std::make_unique<Opt>(Opt::Options{.threads = 1}));
       alone.back()->add("t", w[static_cast<std::size_t>(i)], g[static_cast<std::size_t>(i)]);
     }
