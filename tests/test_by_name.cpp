@@ -154,3 +154,34 @@ TEST_CASE("threads and bf16 precision by name", "[by_name][threads][bf16]") {
   else
     CHECK_THROWS_WITH(bf16->add("w", w2, g), Catch::Contains("bf16"));
 }
+
+TEST_CASE("by name: integers in range, sane iteration counts, one spelling per setting, short quotes", "[by_name]") {
+  using B = muon::backend::Eigen<float>;
+  // 2^32 used to wrap to 0 iterations: nothing was orthogonalised.
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("orthogonalizer.steps=4294967296")),
+                    Catch::Contains("orthogonalizer.steps") && Catch::Contains("out of range"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("orthogonalizer.steps=99999999999999999999999")),
+                    Catch::Contains("out of range for an integer"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("orthogonalizer.steps=101")),
+                    Catch::Contains("'steps' must be in [0, 100]"));
+  CHECK_NOTHROW(muon::make_optimizer<B>("muon", muon::parse_config("orthogonalizer.steps=100")));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("stiefel_muon", muon::parse_config("constraint.dual_steps=1001")),
+                    Catch::Contains("'dual_steps' must be in [1, 1000]"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("stiefel_muon", muon::parse_config("constraint.polish_steps=5000")),
+                    Catch::Contains("'polish_steps' must be in [0, 1000]"));
+  // One setting under two names: an error naming both, not "the last one wins".
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("adamw", muon::parse_config("lr=1e-3, fallback.lr=1e-2")),
+                    Catch::Contains("'fallback.lr'") && Catch::Contains("'lr'") && Catch::Contains("give it once"));
+  CHECK_NOTHROW(muon::make_optimizer<B>("adamw", muon::parse_config("lr=1e-3")));
+  CHECK_NOTHROW(muon::make_optimizer<B>("muon", muon::parse_config("lr=0.02, fallback.lr=1e-3")));  // two settings
+  // A huge value is quoted as a short prefix with its length.
+  const std::string huge(100000, '7');
+  try {
+    (void)muon::make_optimizer<B>("muon", muon::parse_config("lr=x" + huge));
+    FAIL("no error");
+  } catch (const muon::Error& e) {
+    const std::string what = e.what();
+    CHECK(what.size() < 300);
+    CHECK_THAT(what, Catch::Contains("100001 characters"));
+  }
+}

@@ -27,6 +27,7 @@
 #include <charconv>
 #include <functional>
 #include <istream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <ostream>
@@ -48,6 +49,17 @@ namespace muon {
 // Option values by field name, as text (what a config file holds).
 using Config = std::map<std::string, std::string, std::less<>>;
 
+namespace detail {
+// A value as an error message shows it: at most 40 characters (a huge value is cut, with its
+// length said).
+inline std::string shown_value(const std::string& text) {
+  constexpr std::size_t k_max = 40;
+  if (text.size() <= k_max) return "'" + text + "'";
+  return "'" + text.substr(0, k_max) + "...' (" + std::to_string(text.size()) + " characters)";
+}
+
+}  // namespace detail
+
 // "a=1, b.c = x" (commas or newlines between entries; spaces around names and values ignored).
 [[nodiscard]] inline Config parse_config(std::string_view text) {
   Config out;
@@ -62,11 +74,11 @@ using Config = std::map<std::string, std::string, std::less<>>;
     text = cut == std::string_view::npos ? std::string_view{} : text.substr(cut + 1);
     if (entry.empty()) continue;
     const auto eq = entry.find('=');
-    if (eq == std::string_view::npos) detail::fail("config: '" + std::string(entry) + "' is not name=value");
+    if (eq == std::string_view::npos) detail::fail("config: " + detail::shown_value(std::string(entry)) + " is not name=value");
     const std::string name(trim(entry.substr(0, eq)));
-    if (name.empty()) detail::fail("config: '" + std::string(entry) + "' has no name");
+    if (name.empty()) detail::fail("config: " + detail::shown_value(std::string(entry)) + " has no name");
     if (!out.emplace(name, std::string(trim(entry.substr(eq + 1)))).second)
-      detail::fail("config: option '" + name + "' is given twice");
+      detail::fail("config: option " + detail::shown_value(name) + " is given twice");
   }
   return out;
 }
@@ -102,30 +114,36 @@ class AnyOptimizer {
 
 namespace by_name_detail {
 
-// Binds field names to members of an Options struct, with a parser per type.
+// Binds field names to members of an Options struct, with a parser per type. Two names may bind
+// one member (the one-optimizer names take their fallback's fields with and without the
+// "fallback." prefix); a config that sets one member under both names is an error.
 class Fields {
  public:
   void add(std::string name, double& v) {
-    setters_[std::move(name)] = [&v](const std::string& f, const std::string& text) { v = parse_double(f, text); };
+    bind(std::move(name), &v, [&v](const std::string& f, const std::string& text) { v = parse_double(f, text); });
   }
   void add(std::string name, int& v) {
-    setters_[std::move(name)] = [&v](const std::string& f, const std::string& text) {
-      v = static_cast<int>(parse_integer(f, text));
-    };
+    bind(std::move(name), &v, [&v](const std::string& f, const std::string& text) {
+      const index_t x = parse_integer(f, text);
+      if (x < std::numeric_limits<int>::min() || x > std::numeric_limits<int>::max())
+        detail::fail("option '" + f + "': " + detail::shown_value(text) + " is out of range for this field (at most " +
+                     std::to_string(std::numeric_limits<int>::max()) + " in magnitude)");
+      v = static_cast<int>(x);
+    });
   }
   void add(std::string name, index_t& v) {
-    setters_[std::move(name)] = [&v](const std::string& f, const std::string& text) { v = parse_integer(f, text); };
+    bind(std::move(name), &v, [&v](const std::string& f, const std::string& text) { v = parse_integer(f, text); });
   }
   void add(std::string name, bool& v) {
-    setters_[std::move(name)] = [&v](const std::string& f, const std::string& text) {
+    bind(std::move(name), &v, [&v](const std::string& f, const std::string& text) {
       if (text == "true" || text == "1" || text == "on") v = true;
       else if (text == "false" || text == "0" || text == "off") v = false;
-      else detail::fail("option '" + f + "': '" + text + "' is not a boolean (true/false)");
-    };
+      else detail::fail("option '" + f + "': " + detail::shown_value(text) + " is not a boolean (true/false)");
+    });
   }
   template <class E>
   void add_enum(std::string name, E& v, std::vector<std::pair<std::string, E>> choices) {
-    setters_[std::move(name)] = [&v, choices = std::move(choices)](const std::string& f, const std::string& text) {
+    bind(std::move(name), &v, [&v, choices = std::move(choices)](const std::string& f, const std::string& text) {
       std::string known;
       for (const auto& [n, e] : choices) {
         if (n == text) {
@@ -134,39 +152,55 @@ class Fields {
         }
         known += (known.empty() ? "" : ", ") + n;
       }
-      detail::fail("option '" + f + "': '" + text + "' is not one of " + known);
-    };
+      detail::fail("option '" + f + "': " + detail::shown_value(text) + " is not one of " + known);
+    });
   }
 
   void apply(const Config& config, const std::string& kind) const {
+    std::map<const void*, std::string> set;  // member -> the name that set it
     for (const auto& [name, text] : config) {
       auto it = setters_.find(name);
       if (it == setters_.end()) {
         std::string known;
         for (const auto& [n, _] : setters_) known += (known.empty() ? "" : ", ") + n;
-        detail::fail("optimizer '" + kind + "' has no option '" + name + "' (options: " + known + ")");
+        detail::fail("optimizer '" + kind + "' has no option " + detail::shown_value(name) + " (options: " + known + ")");
       }
-      it->second(name, text);
+      const auto [at, fresh] = set.emplace(it->second.target, name);
+      if (!fresh)
+        detail::fail("optimizer '" + kind + "': options '" + at->second + "' and '" + name +
+                     "' are two names of one setting; give it once");
+      it->second.set(name, text);
     }
   }
 
  private:
+  struct Setter {
+    const void* target;
+    std::function<void(const std::string&, const std::string&)> set;
+  };
+  template <class F>
+  void bind(std::string name, const void* target, F set) {
+    setters_[std::move(name)] = Setter{target, std::move(set)};
+  }
+
   static double parse_double(const std::string& f, const std::string& text) {
     double v = 0;
     const auto* end = text.data() + text.size();
     const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-    if (ec != std::errc{} || ptr != end || text.empty()) detail::fail("option '" + f + "': '" + text + "' is not a number");
+    if (ec != std::errc{} || ptr != end || text.empty()) detail::fail("option '" + f + "': " + detail::shown_value(text) + " is not a number");
     return v;
   }
   static index_t parse_integer(const std::string& f, const std::string& text) {
     long long v = 0;
     const auto* end = text.data() + text.size();
     const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-    if (ec != std::errc{} || ptr != end || text.empty()) detail::fail("option '" + f + "': '" + text + "' is not an integer");
+    if (ec == std::errc::result_out_of_range)
+      detail::fail("option '" + f + "': " + detail::shown_value(text) + " is out of range for an integer");
+    if (ec != std::errc{} || ptr != end || text.empty()) detail::fail("option '" + f + "': " + detail::shown_value(text) + " is not an integer");
     return static_cast<index_t>(v);
   }
 
-  std::map<std::string, std::function<void(const std::string&, const std::string&)>, std::less<>> setters_;
+  std::map<std::string, Setter, std::less<>> setters_;
 };
 
 inline void bind(Fields&, policy::NoFilter::Options&) {}

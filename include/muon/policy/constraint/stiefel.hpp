@@ -135,14 +135,16 @@ class Stiefel {
 
   Stiefel() : Stiefel(Options{}) {}
   explicit Stiefel(const Options& options) : options_(options) {
-    if (options_.dual_steps < 1)
-      detail::fail("Stiefel: option 'dual_steps' must be >= 1, got " + std::to_string(options_.dual_steps));
+    // Upper bounds: each iteration is a full orthogonalisation (dual) or a product (polish); a
+    // count beyond these is a mistake, not a setting.
+    if (options_.dual_steps < 1 || options_.dual_steps > 1000)
+      detail::fail("Stiefel: option 'dual_steps' must be in [1, 1000], got " + std::to_string(options_.dual_steps));
     detail::require_positive("Stiefel", "dual_lr", options_.dual_lr);
     detail::require_non_negative("Stiefel", "tol", options_.tol);
     if (options_.retract_every < 1)
       detail::fail("Stiefel: option 'retract_every' must be >= 1, got " + std::to_string(options_.retract_every));
-    if (options_.polish_steps < 0)
-      detail::fail("Stiefel: option 'polish_steps' must be >= 0, got " + std::to_string(options_.polish_steps));
+    if (options_.polish_steps < 0 || options_.polish_steps > 1000)
+      detail::fail("Stiefel: option 'polish_steps' must be in [0, 1000], got " + std::to_string(options_.polish_steps));
     detail::require_non_negative("Stiefel", "tangent_eps", options_.tangent_eps);
   }
   [[nodiscard]] const Options& options() const { return options_; }

@@ -73,9 +73,15 @@ class NewtonSchulz {
     Precision precision = Precision::full;  // bf16: bf16 product inputs, float accumulation
   };
 
+  static constexpr int k_max_steps = 100;
+
   NewtonSchulz() : NewtonSchulz(Options{}) {}
   explicit NewtonSchulz(Options options) : options_(std::move(options)) {
-    if (options_.steps < 0) detail::fail("NewtonSchulz: option 'steps' must be >= 0");
+    // More than k_max_steps iterations is a mistake, not a setting (Polar Express converges in
+    // about 8; a count from a wrapped integer would run for hours).
+    if (options_.steps < 0 || options_.steps > k_max_steps)
+      detail::fail("NewtonSchulz: option 'steps' must be in [0, " + std::to_string(k_max_steps) + "], got " +
+                   std::to_string(options_.steps));
     auto check = [](const QuinticCoefficients& q) {
       detail::require_finite("NewtonSchulz", "coefficients.a", q.a);
       detail::require_finite("NewtonSchulz", "coefficients.b", q.b);
