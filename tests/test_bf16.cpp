@@ -17,31 +17,21 @@
 #include <random>
 
 #include "support/golden.hpp"
+#include "support/spectra.hpp"
 
 namespace {
 
 using muon::index_t;
 using muon::backend::MatrixView;
 using muon::backend::Trans;
-using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using muon::test::MatD;
+using muon::test::with_spectrum;
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 bool bf16_here() {
   const std::string why = muon::backend::Eigen<float>{}.bf16_unavailable_reason();
   if (!why.empty()) WARN("bf16 products are not available here, so the bf16 accuracy checks are skipped: " << why);
   return why.empty();
-}
-
-MatD with_spectrum(int m, int n, double kappa, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> normal;
-  auto gaussian = [&](int r, int c) { return MatD(MatD::NullaryExpr(r, c, [&] { return normal(rng); })); };
-  const int k = std::min(m, n);
-  MatD u = Eigen::HouseholderQR<MatD>(gaussian(m, m)).householderQ();
-  MatD v = Eigen::HouseholderQR<MatD>(gaussian(n, n)).householderQ();
-  Eigen::VectorXd s(k);
-  for (int i = 0; i < k; ++i) s(i) = std::pow(kappa, -static_cast<double>(i) / std::max(k - 1, 1));
-  return u.leftCols(k) * s.asDiagonal() * v.leftCols(k).transpose();
 }
 
 RowMat orthogonalize(muon::policy::NewtonSchulz::Options o, const MatD& g, int threads = 1) {
@@ -147,18 +137,7 @@ TEST_CASE("bf16: golden Newton-Schulz, Polar Express and Muon cases within a bf1
   for (const std::string family : {"ns5", "polar_express"}) {
     for (const auto& name : muon::test::golden_case_names(family)) {
       const auto c = muon::test::load_golden_case(name);
-      const auto& h = c.hyperparameters;
-      muon::policy::NewtonSchulz::Options o;
-      o.steps = h.at("steps").get<int>();
-      if (h.contains("coeffs_per_step")) {
-        for (const auto& q : h.at("coeffs_per_step"))
-          o.schedule.push_back({q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()});
-        o.norm_scale = h.at("norm_safety").get<double>();
-      } else {
-        const auto& q = h.at("coeffs");
-        o.coefficients = {q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()};
-      }
-      o.eps = h.at("eps").get<double>();
+      muon::policy::NewtonSchulz::Options o = muon::test::ns_options_from(c);
       o.precision = muon::Precision::bf16;
       using B = muon::backend::Eigen<float>;
       B b;

@@ -45,21 +45,6 @@ double run_transform(const GoldenCase& c, O& orth) {
   return muon::test::max_abs_diff(ours, c.array("expected").values);
 }
 
-muon::policy::NewtonSchulz::Options ns_options_from(const GoldenCase& c) {
-  const auto& h = c.hyperparameters;
-  muon::policy::NewtonSchulz::Options o;
-  o.steps = h.at("steps").get<int>();
-  if (h.contains("coeffs_per_step")) {
-    for (const auto& q : h.at("coeffs_per_step"))
-      o.schedule.push_back({q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()});
-    o.norm_scale = h.at("norm_safety").get<double>();
-  } else {
-    const auto& q = h.at("coeffs");
-    o.coefficients = {q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()};
-  }
-  o.eps = h.at("eps").get<double>();
-  return o;
-}
 
 }  // namespace
 
@@ -68,7 +53,7 @@ TEMPLATE_TEST_CASE("Newton-Schulz matches the ns5 golden cases", "[golden][ortho
   REQUIRE(names.size() == 4);
   for (const auto& name : names) {
     const auto c = muon::test::load_golden_case(name);
-    muon::policy::NewtonSchulz ns(ns_options_from(c));
+    muon::policy::NewtonSchulz ns(muon::test::ns_options_from(c));
     const double err = run_transform<TestType>(c, ns);
     INFO(name << ": max abs error " << err << ", tolerance " << muon::test::Tolerance<TestType>::golden(c.suggested_atol));
     CHECK(err <= muon::test::Tolerance<TestType>::golden(c.suggested_atol));

@@ -16,24 +16,14 @@
 #include <muon/muon.hpp>
 #include <random>
 
+#include "support/spectra.hpp"
+
 namespace {
 
-using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using muon::test::MatD;
+using muon::test::with_spectrum;
 template <class T>
 using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-// m x n matrix with singular values log-spaced from 1 down to 1/kappa and random singular vectors.
-MatD with_spectrum(int m, int n, double kappa, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> normal;
-  auto gaussian = [&](int r, int c) { return MatD(MatD::NullaryExpr(r, c, [&] { return normal(rng); })); };
-  const int k = std::min(m, n);
-  MatD u = Eigen::HouseholderQR<MatD>(gaussian(m, m)).householderQ();
-  MatD v = Eigen::HouseholderQR<MatD>(gaussian(n, n)).householderQ();
-  Eigen::VectorXd s(k);
-  for (int i = 0; i < k; ++i) s(i) = std::pow(kappa, -static_cast<double>(i) / std::max(k - 1, 1));
-  return u.leftCols(k) * s.asDiagonal() * v.leftCols(k).transpose();
-}
 
 template <class T, class O>
 RowMat<T> orthogonalize(O& orth, const MatD& g) {

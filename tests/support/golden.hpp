@@ -13,6 +13,8 @@
 #error "tests/support/golden.hpp needs MUON_TEST_DATA_DIR: define it to the tests/data directory as a string literal, e.g. -DMUON_TEST_DATA_DIR=\"\\\"/path/to/tests/data\\\"\" (the CMake test target sets it)."
 #endif
 
+#include <muon/policy/orthogonalizer/newton_schulz.hpp>
+
 #include <algorithm>
 #include <bit>
 #include <charconv>
@@ -462,6 +464,23 @@ inline double max_abs_diff(std::span<const double> a, std::span<const double> b)
         m = std::max(m, d);
     }
     return m;
+}
+
+// The Newton-Schulz options a golden ns5 / polar_express case was made with.
+inline muon::policy::NewtonSchulz::Options ns_options_from(const GoldenCase& c) {
+  const auto& h = c.hyperparameters;
+  muon::policy::NewtonSchulz::Options o;
+  o.steps = h.at("steps").get<int>();
+  if (h.contains("coeffs_per_step")) {
+    for (const auto& q : h.at("coeffs_per_step"))
+      o.schedule.push_back({q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()});
+    o.norm_scale = h.at("norm_safety").get<double>();
+  } else {
+    const auto& q = h.at("coeffs");
+    o.coefficients = {q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()};
+  }
+  o.eps = h.at("eps").get<double>();
+  return o;
 }
 
 }  // namespace muon::test

@@ -1032,8 +1032,8 @@ class Optimizer {
     lanes_need_ = planned_;
   }
 
+  // step() has called ensure_workspace(), which planned the schedule (and any buckets' workspace).
   void step_all(ConstraintStats& stats) {
-    ensure_workspace();  // plans the schedule (and any buckets' workspace) if registrations changed
     ensure_lanes();
     LaneRef main = lane(0, stats);
     for (std::size_t i : split_slots_)  // products split over every thread
