@@ -163,10 +163,10 @@ TEMPLATE_TEST_CASE("damaged or mismatched checkpoints are rejected and change no
   }
   SECTION("a newer format version (with a valid checksum)") {
     std::string bad = good;
-    bad[8] = 2;
+    bad[8] = 3;
     const auto sum = muon::detail::fnv1a64(reinterpret_cast<const unsigned char*>(bad.data()), bad.size() - 8);
     for (int i = 0; i < 8; ++i) bad[bad.size() - 8 + static_cast<std::size_t>(i)] = static_cast<char>((sum >> (8 * i)) & 0xff);
-    expect_rejected(bad, "format version 2 is not supported");
+    expect_rejected(bad, "format version 3 is not supported");
   }
   SECTION("a parameter missing from the file") {
     muon::Muon<muon::backend::Eigen<T>> small;

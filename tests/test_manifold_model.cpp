@@ -133,9 +133,14 @@ TEST_CASE("ManifoldModel saves and loads its groups together", "[manifold_model]
     CHECK_THROWS_AS(b.opt.load(truncated), muon::Error);
   }
   std::string flipped = bytes;
-  flipped[bytes.size() - 20] ^= 0x5a;  // inside the last group's checkpoint
+  flipped[bytes.size() - 28] ^= 0x5a;  // inside the last group's checkpoint
   std::istringstream bad(flipped);
-  CHECK_THROWS_WITH(b.opt.load(bad), Catch::Contains("group 'norms'"));
+  CHECK_THROWS_WITH(b.opt.load(bad), Catch::Contains("checksum mismatch"));
+  // The same flip with the container's checksum recomputed: the group's own checksum names it.
+  const auto sum = muon::detail::fnv1a64(reinterpret_cast<const unsigned char*>(flipped.data()), flipped.size() - 8);
+  for (int i = 0; i < 8; ++i) flipped[flipped.size() - 8 + static_cast<std::size_t>(i)] = static_cast<char>((sum >> (8 * i)) & 0xff);
+  std::istringstream bad_group(flipped);
+  CHECK_THROWS_WITH(b.opt.load(bad_group), Catch::Contains("group 'norms'"));
   CHECK(b.everything() == before);
   CHECK(b.opt.steps_taken() == 0);
 

@@ -139,4 +139,16 @@ concept Fallback =
       f.set_lr(lr);
     };
 
+// Optional for a Fallback: an update with a given lr and weight decay (FallbackRates), the
+// other options as set. Parameter groups (ParamOptions::lr_scale / weight_decay) need it on the
+// fallback path; AdamW, Lion and SGD have it.
+template <class F, class B>
+concept FallbackWithRates =
+    Fallback<F, B> &&
+    requires(F& f, const F& cf, B& b, typename F::template State<B>& s, backend::MatrixView<typename B::value_type> w,
+             backend::MatrixView<const typename B::value_type> g, const FallbackRates& rates) {
+      f.apply(b, s, w, g, rates);
+      { cf.options().weight_decay } -> std::convertible_to<double>;
+    };
+
 }  // namespace muon

@@ -1,9 +1,30 @@
 #pragma once
 // Elementwise functors shared by several policies. Each is a small copyable struct whose call
 // operator compiles for host and device; arithmetic is in the parameter type, as PyTorch does.
+#include <limits>
+
 #include "muon/core/config.hpp"
 
 namespace muon::fn {
+
+// x clamped to [-max, max], max = the type's largest finite value: where finite inputs overflow
+// (a gradient near the float maximum, amplified or squared) the result keeps its sign and stays
+// finite instead of becoming Inf, so no parameter turns non-finite from finite input. NaN stays
+// NaN (the step's non-finite check has already run). `max` is passed in so that device code
+// needs no numeric_limits.
+template <class T>
+MUON_HOST_DEVICE T saturate(T x, T max) {
+  return x > max ? max : (x < -max ? -max : x);
+}
+template <class T>
+inline constexpr T k_largest = std::numeric_limits<T>::max();
+
+// out = saturate(x).
+template <class T>
+struct Saturate {
+  T max = k_largest<T>;
+  MUON_HOST_DEVICE T operator()(T x) const { return saturate(x, max); }
+};
 
 // out = x (a copy).
 struct Copy {
@@ -33,11 +54,15 @@ struct Axpy {
 
 // out = lerp(x, y, w) = x + w (y - x), evaluated as torch.lerp does (from the nearer end), so
 // the EMA m.lerp_(g, 1 - beta) and Nesterov's g.lerp(m, beta) round as they do in PyTorch.
+// When y - x overflows (finite x and y of opposite signs near the float maximum), the convex
+// form x (1 - w) + y w, which cannot overflow for w in [0, 1], is used instead.
 template <class T>
 struct Lerp {
   T w;
   MUON_HOST_DEVICE T operator()(T x, T y) const {
-    return (w < T(0.5) && w > T(-0.5)) ? x + w * (y - x) : y - (y - x) * (T(1) - w);
+    const T d = y - x;
+    if (!(d - d == T(0))) return x * (T(1) - w) + y * w;  // d is Inf (or NaN)
+    return (w < T(0.5) && w > T(-0.5)) ? x + w * d : y - d * (T(1) - w);
   }
 };
 

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <array>
 #include <istream>
+#include <limits>
 #include <ostream>
 #include <cmath>
 #include <cstdint>
@@ -28,6 +29,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -42,6 +44,7 @@
 #include "muon/core/master_weights.hpp"
 #include "muon/core/normuon.hpp"
 #include "muon/core/param.hpp"
+#include "muon/core/registration.hpp"
 #include "muon/core/report.hpp"
 #include "muon/core/schedule.hpp"
 #include "muon/core/telemetry.hpp"
@@ -78,11 +81,13 @@ struct ModularScaling {
 
 namespace detail {
 
-// W <- W (1 - lr wd) - lr_adj O, as torch's param.mul_(1 - lr wd).add_(O, alpha=-lr_adj).
+// W <- W (1 - lr wd) - lr_adj O, as torch's param.mul_(1 - lr wd).add_(O, alpha=-lr_adj),
+// saturated (fn::saturate) so that a finite W near the float maximum stays finite.
 template <class T>
 struct ApplyUpdate {
   T decay, step;
-  MUON_HOST_DEVICE T operator()(T w, T o) const { return w * decay - step * o; }
+  T max = fn::k_largest<T>;
+  MUON_HOST_DEVICE T operator()(T w, T o) const { return fn::saturate(w * decay - step * o, max); }
 };
 
 // Sums the bytes of every buffer a policy state holds.
@@ -93,63 +98,6 @@ struct StateBytes {
     if constexpr (requires { b.size(); *b.data(); }) bytes += b.size() * sizeof(*b.data());
   }
 };
-
-// Whether a tensor type owns its elements (so that a temporary of it would dangle once
-// registered). Adapters say so with `static constexpr bool owns_storage`; views need not.
-template <class X>
-inline constexpr bool owns_storage_v = [] {
-  if constexpr (requires { tensor_adapter<std::remove_cvref_t<X>>::owns_storage; })
-    return static_cast<bool>(tensor_adapter<std::remove_cvref_t<X>>::owns_storage);
-  else
-    return false;
-}();
-
-// A registered tensor, type-erased to its storage format (what AnyOptimizer passes through).
-struct ParamBinding {
-  void* data = nullptr;
-  Shape shape{};
-  Layout layout = Layout::row_major;
-  ElementFormat format = ElementFormat::value;
-};
-struct GradBinding {
-  const void* data = nullptr;
-  Shape shape{};
-  Layout layout = Layout::row_major;
-  ElementFormat format = ElementFormat::value;
-};
-
-template <class S, class T>
-inline constexpr bool registrable_scalar_v = std::is_same_v<S, T> || Storage16<S>;
-
-template <class S, class T>
-constexpr ElementFormat format_of() {
-  if constexpr (std::is_same_v<S, T>)
-    return ElementFormat::value;
-  else
-    return element_format<S>::value;
-}
-
-// What registration checks at compile time, shared by Optimizer::add and AnyOptimizer::add:
-// a temporary that owns its storage would dangle, the scalar must be the backend's (or a 16-bit
-// storage type, for master weights), and the parameter must be writable.
-template <class T, TensorLike P, TensorLike G>
-std::pair<ParamBinding, GradBinding> registration_refs(P&& param, G&& grad) {
-  static_assert(!(std::is_rvalue_reference_v<P&&> && owns_storage_v<P>),
-                "muon::Optimizer::add: the parameter is a temporary that owns its storage; pass an lvalue");
-  static_assert(!(std::is_rvalue_reference_v<G&&> && owns_storage_v<G>),
-                "muon::Optimizer::add: the gradient is a temporary that owns its storage; pass an lvalue");
-  using PS = tensor_scalar_t<P>;
-  using GS = tensor_scalar_t<G>;
-  static_assert(registrable_scalar_v<PS, T> && registrable_scalar_v<GS, T>,
-                "muon::Optimizer::add: tensor scalar type must be the backend's value_type, or a 16-bit storage type "
-                "(muon::bfloat16, muon::float16, Eigen::bfloat16, Eigen::half) for master weights");
-  const auto p = as_tensor(param);
-  static_assert(!std::is_const_v<std::remove_pointer_t<decltype(p.data)>>,
-                "muon::Optimizer::add: the parameter must be writable (not const)");
-  const auto g = as_tensor(grad);
-  return {ParamBinding{static_cast<void*>(p.data), p.shape, p.layout, format_of<PS, T>()},
-          GradBinding{static_cast<const void*>(g.data), g.shape, g.layout, format_of<GS, T>()}};
-}
 
 }  // namespace detail
 
@@ -236,7 +184,7 @@ class Optimizer {
   // returns the first id: the tensor is updated once per step.
   template <TensorLike P, TensorLike G>
   ParamId add(std::string name, P&& param, G&& grad, ParamOptions options = {}) {
-    auto [p, g] = detail::registration_refs<value_type>(std::forward<P>(param), std::forward<G>(grad));
+    auto [p, g] = detail::registration_refs<value_type>(name, std::forward<P>(param), std::forward<G>(grad));
     return add_ref(std::move(name), p, g, options);
   }
   // The same, for tensors already type-erased to their storage format (AnyOptimizer uses it).
@@ -247,9 +195,11 @@ class Optimizer {
   StepResult step(StepOptions step_options = {}) {
     // Everything that may throw comes first: nothing has changed yet.
     check_step_options(step_options);
+    // The last result's skipped list views skipped_: only a step may move it (add() must not).
+    if (skipped_.capacity() < entries_.size()) skipped_.reserve(entries_.size());
     const double multiplier = options_.schedule(steps_taken_ + 1);
     ensure_workspace();
-    check_gradients();  // throws under NonFinitePolicy::throw_error
+    check_gradients(step_options.inv_scale);  // throws under NonFinitePolicy::throw_error
     inv_scale_ = step_options.inv_scale;
     lr_now_ = options_.lr * multiplier;
     const double fallback_lr = fallback_base_lr_ * multiplier;
@@ -280,7 +230,8 @@ class Optimizer {
     r.entries.reserve(entries_.size());
     for (const auto& e : entries_)
       r.entries.push_back({e.info.name, e.aliases, e.info.shape, e.info.role, e.path, e.rule,
-                           e.path == Path::matrix ? matrix_slots_[e.slot].lr_factor : 1.0});
+                           e.path == Path::matrix ? matrix_slots_[e.slot].lr_factor : 1.0, e.options.lr_scale,
+                           e.options.weight_decay});
     return r;
   }
 
@@ -347,11 +298,35 @@ class Optimizer {
   // The constraint's state of a matrix-path tensor, for constraints that take input from the
   // trainer (QK-Clip's max logits) or report detail (which heads were clipped).
   [[nodiscard]] typename Constr::template State<B>& constraint_state(ParamId id) {
-    const Entry& e = entries_.at(id);
-    if (e.path != Path::matrix) detail::fail_param(e.info.name, "takes the fallback path and has no constraint state");
-    return matrix_slots_[e.slot].constraint;
+    return matrix_slots_[matrix_slot_of(id)].constraint;
+  }
+  [[nodiscard]] const typename Constr::template State<B>& constraint_state(ParamId id) const {
+    return matrix_slots_[matrix_slot_of(id)].constraint;
+  }
+
+  // A tensor's parameter group (ParamOptions::lr_scale / weight_decay), changed between steps.
+  // Checked as at registration; the tensor's state is kept.
+  void set_param_group(ParamId id, double lr_scale, std::optional<double> weight_decay = std::nullopt) {
+    Entry& e = entries_.at(id);
+    ParamOptions changed = e.options;
+    changed.lr_scale = lr_scale;
+    changed.weight_decay = weight_decay;
+    detail::check_group(e.info.name, changed);
+    if constexpr (!FallbackWithRates<Fb, B>)
+      if (e.path == Path::fallback && (lr_scale != 1.0 || weight_decay))
+        detail::fail_param(e.info.name, "takes the fallback path, whose policy has no per-tensor lr / weight decay");
+    e.options = changed;
   }
   [[nodiscard]] B& backend() { return backend_; }
+
+ private:
+  std::size_t matrix_slot_of(ParamId id) const {
+    const Entry& e = entries_.at(id);
+    if (e.path != Path::matrix) detail::fail_param(e.info.name, "takes the fallback path and has no constraint state");
+    return e.slot;
+  }
+
+ public:
 
   // Every state buffer and counter, copied to the host, keyed "<parameter>/<state>". For tests,
   // debugging and comparing runs; not for the training loop (it copies).
@@ -396,6 +371,9 @@ class Optimizer {
       w.put(static_cast<std::uint8_t>(e.path));
       w.put(static_cast<std::uint32_t>(e.info.shape.rank()));
       for (std::size_t d = 0; d < e.info.shape.rank(); ++d) w.put(static_cast<std::int64_t>(e.info.shape[d]));
+      w.put(e.options.lr_scale);
+      w.put(static_cast<std::uint8_t>(e.options.weight_decay.has_value()));
+      w.put(e.options.weight_decay.value_or(0.0));
       if (save_options.parameters) {
         const auto values = download_param(id);
         w.put(static_cast<std::uint64_t>(values.size()));
@@ -432,12 +410,31 @@ class Optimizer {
   // nothing. (Model-level optimizers check every group's checkpoint before loading any.)
   void validate_checkpoint(std::istream& is) { load_checkpoint(is, false); }
 
+  // More bytes than any checkpoint of this optimizer can hold: load() reads no further (a
+  // stream that does not end is refused, not read until memory runs out).
+  std::size_t checkpoint_size_bound() {
+    std::size_t bytes = 1024;  // header, checksum and slack
+    for (ParamId id = 0; id < entries_.size(); ++id) {
+      const Entry& e = entries_[id];
+      std::size_t name = e.info.name.size();
+      for (const auto& a : e.aliases) name = std::max(name, a.size());
+      bytes += 64 + name + 8 * e.info.shape.rank() + static_cast<std::size_t>(e.info.shape.numel()) * sizeof(T);
+      for_each_state_of(id, [&](const std::string& key, auto& item) {
+        bytes += 32 + key.size();
+        if constexpr (!std::is_integral_v<std::remove_cvref_t<decltype(item)>>)
+          bytes += item.size() * sizeof(*item.data());
+      });
+    }
+    return bytes;
+  }
+
   // The names of the tensors whose gradient now holds NaN or Inf (one pass over the gradients
   // and one host read; nothing changes). Model-level optimizers use it to decide for all their
   // groups at once.
-  [[nodiscard]] std::vector<std::string> non_finite_gradients() {
+  [[nodiscard]] std::vector<std::string> non_finite_gradients(std::optional<double> inv_scale = std::nullopt) {
     ensure_workspace();
-    check_gradients_counts();
+    check_step_options({inv_scale});
+    check_gradients_counts(inv_scale);
     std::vector<std::string> names;
     for (ParamId i = 0; i < entries_.size(); ++i)
       if (flags_host_[i] != 0) names.push_back(entries_[i].info.name);
@@ -448,14 +445,30 @@ class Optimizer {
   // the step count and the schedule stay in line with optimizers that skipped the same step.
   StepResult skip() {
     skipped_.clear();
+    skipped_.reserve(entries_.size());
     for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
     ++steps_taken_;
     return {steps_taken_, std::span<const ParamId>(skipped_), false, {}, 0.0, 0.0, nullptr};
   }
 
  private:
+  // What load() accepts for a state item, from the policy that owns it (StateLimits).
+  detail::StateLimits state_limits(const std::string& key) const {
+    auto from = [&key](const auto& policy, std::string_view prefix) -> std::optional<detail::StateLimits> {
+      if (key.rfind(prefix, 0) != 0) return std::nullopt;
+      if constexpr (requires { policy.limits(std::string_view{}); })
+        return policy.limits(std::string_view(key).substr(prefix.size()));
+      return detail::StateLimits{};
+    };
+    if (key == "normuon/row_second_moment") return {.non_negative = true};
+    if (auto l = from(filter_, "filter/")) return *l;
+    if (auto l = from(constraint_, "constraint/")) return *l;
+    if (auto l = from(fallback_, "fallback/")) return *l;
+    return {};
+  }
+
   void load_checkpoint(std::istream& is, bool commit) {
-    detail::CheckpointContents c = detail::read_checkpoint(is, sizeof(T));
+    detail::CheckpointContents c = detail::read_checkpoint(is, sizeof(T), checkpoint_size_bound());
     auto& staged = c.tensors;
     const bool has_parameters = c.has_parameters;
 
@@ -478,8 +491,14 @@ class Optimizer {
         auto found = st.items.find(key);
         if (found == st.items.end()) detail::fail_param(e.info.name, "state '" + key + "' is missing from the checkpoint");
         const detail::CheckpointItem& saved = found->second;
+        const detail::StateLimits limits = state_limits(key);
         if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+          using C = std::remove_cvref_t<decltype(item)>;
           if (!saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a counter here, a buffer in the checkpoint");
+          if (saved.value > limits.max_counter || saved.value > static_cast<std::uint64_t>(std::numeric_limits<C>::max()))
+            detail::fail_param(e.info.name, "state '" + key + "' = " + std::to_string(saved.value) +
+                                                " in the checkpoint is out of range (at most " +
+                                                std::to_string(limits.max_counter) + ")");
         } else {
           using U = std::remove_cvref_t<decltype(*item.data())>;
           if (saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a buffer here, a counter in the checkpoint");
@@ -489,21 +508,35 @@ class Optimizer {
           if (saved.value != item.size())
             detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(saved.value) +
                                                 " elements in the checkpoint, " + std::to_string(item.size()) + " here");
+          if (limits.non_negative && !c.reader.template all_finite<U>(saved.at, item.size(), true))
+            detail::fail_param(e.info.name, "state '" + key + "' holds negative values in the checkpoint");
         }
       });
+      if constexpr (!FallbackWithRates<Fb, B>)
+        if (e.path == Path::fallback && ((st.lr_scale && *st.lr_scale != 1.0) || (st.weight_decay && *st.weight_decay)))
+          detail::fail_param(e.info.name, "the checkpoint sets a group lr_scale / weight_decay, which this fallback cannot apply");
       if (expected_items != st.items.size())
         detail::fail_param(e.info.name, "the checkpoint holds state this composition does not have (saved with other policies?)");
       for (const auto& alias : e.aliases) staged.erase(alias);  // a tied tensor saved under one name only
     }
     for (const auto& [name, st] : staged)
       if (!st.matched) detail::fail("checkpoint: tensor '" + name + "' is not registered with this optimizer");
+    // What will be applied, checked as it will be used: the fallback's lr, and the schedule at
+    // the next step (a schedule may reject a step count).
+    {
+      Fb probe = fallback_;
+      probe.set_lr(c.fallback_lr);
+      (void)options_.schedule(c.steps + 1);
+    }
 
     if (!commit) return;
     ensure_workspace();  // refreshing 16-bit copies below uses it
     // ---- commit: nothing below can fail ----
     for (ParamId id = 0; id < entries_.size(); ++id) {
-      const Entry& e = entries_[id];
+      Entry& e = entries_[id];
       const detail::CheckpointTensor& st = staged.at(e.info.name);
+      if (st.lr_scale) e.options.lr_scale = *st.lr_scale;
+      if (st.weight_decay) e.options.weight_decay = *st.weight_decay;
       if (has_parameters) {
         std::vector<T> values(static_cast<std::size_t>(e.info.shape.numel()));
         c.reader.read_array(st.params_at, values.data(), values.size());
@@ -532,17 +565,7 @@ class Optimizer {
   using T = value_type;
   using Buffer = typename B::template Buffer<T>;
 
-  struct Entry {
-    ParamInfo info;
-    std::vector<std::string> aliases;
-    Path path = Path::fallback;
-    std::string rule;
-    const void* param_data = nullptr;
-    const void* grad_data = nullptr;
-    Layout layout = Layout::row_major;
-    ElementFormat format = ElementFormat::value;
-    std::size_t slot = 0;  // index into matrix_slots_ or fallback_slots_ (by path)
-  };
+  using Entry = detail::RegisteredTensor;
 
   struct MatrixSlot {
     ParamId id;
@@ -656,43 +679,9 @@ class Optimizer {
   ParamId add_ref(std::string name, const detail::ParamBinding& p, const detail::GradBinding& g,
                   const ParamOptions& options) {
     // ---- every check first: a rejected registration changes nothing ----
-    if (name.empty()) detail::fail("a parameter needs a non-empty name");
-    for (const auto& e : entries_) {
-      if (e.info.name == name || std::find(e.aliases.begin(), e.aliases.end(), name) != e.aliases.end())
-        detail::fail_param(name, "a parameter with this name is already registered");
-    }
-    const index_t n = p.shape.numel();
-    for (std::size_t i = 0; i < p.shape.rank(); ++i)
-      if (p.shape[i] < 0) detail::fail_param(name, "negative dimension in shape " + p.shape.to_string());
-    if (n == 0) detail::fail_param(name, "empty tensor " + p.shape.to_string() + " (nothing to optimise)");
-    if (p.data == nullptr) detail::fail_param(name, "parameter data is null");
-    if (g.data == nullptr) detail::fail_param(name, "gradient data is null");
-    if (!(g.shape == p.shape))
-      detail::fail_param(name, "gradient shape " + g.shape.to_string() + " does not match parameter shape " +
-                                   p.shape.to_string());
-    if (p.shape.rank() == 2 && p.layout != g.layout && p.shape.rows() > 1 && p.shape.cols() > 1)
-      detail::fail_param(name, "gradient and parameter have different memory layouts (row- vs column-major)");
-    const std::size_t pbytes = element_bytes(p.format), gbytes = element_bytes(g.format);
-    if (overlaps(p.data, static_cast<std::size_t>(n) * pbytes, g.data, static_cast<std::size_t>(n) * gbytes)) detail::fail_param(name, "gradient memory overlaps the parameter");
-
-    if (options.heads < 0 || options.rotary_rows < 0) detail::fail_param(name, "heads and rotary_rows must be >= 0");
-    if (options.heads > 0) {
-      if (p.shape.rank() != 2 || p.shape.rows() % options.heads != 0)
-        detail::fail_param(name, "heads = " + std::to_string(options.heads) + " needs a rank-2 tensor whose rows (" +
-                                     std::to_string(p.shape.rows()) + ") are a multiple of it");
-      if (options.rotary_rows >= p.shape.rows() / options.heads)
-        detail::fail_param(name, "rotary_rows must be smaller than the head dimension " +
-                                     std::to_string(p.shape.rows() / options.heads));
-    } else if (options.rotary_rows != 0) {
-      detail::fail_param(name, "rotary_rows needs heads > 0");
-    }
-    if (options.layer < 0 || options.depth < 0 || options.layer > options.depth || (options.layer == 0) != (options.depth == 0))
-      detail::fail_param(name, "layer (" + std::to_string(options.layer) + ") and depth (" + std::to_string(options.depth) +
-                                   ") must be given together with 1 <= layer <= depth");
-    if (options.fake_quant_bits != 0 && (options.fake_quant_bits < 2 || options.fake_quant_bits > 16))
-      detail::fail_param(name, "fake_quant_bits must be 0 (off) or in [2, 16], got " + std::to_string(options.fake_quant_bits));
-    ParamInfo info{name,          p.shape,           options.role,  options.path,
-                   options.heads, options.rotary_rows, options.layer, options.depth};
+    detail::Candidate c = detail::check_candidate(entries_, name, p, g, options, sizeof(T));
+    const index_t n = c.numel;
+    ParamInfo& info = c.info;
     Route route = router_.route(info);
     if (!options_.enable_muon && route.path == Path::matrix)
       route = {Path::fallback, "enable_muon off (router: " + route.rule + ")"};
@@ -701,24 +690,13 @@ class Optimizer {
     if (route.path == Path::matrix && options_.modular.depth && options.depth == 0)
       detail::fail_param(name, "modular depth scaling is on: register this matrix with layer and depth "
                                "(ParamOptions{.layer = l, .depth = L}, 1 <= l <= L)");
-
-    for (ParamId i = 0; i < entries_.size(); ++i) {
-      Entry& e = entries_[i];
-      const index_t en = e.info.shape.numel();
-      if (e.param_data == p.data && e.info.shape == p.shape && e.layout == p.layout && e.format == p.format) {  // tied
-        if (e.grad_data != g.data)
-          detail::fail_param(name, "is the same tensor as '" + e.info.name +
-                                       "' but was given a different gradient buffer; a tied tensor has one gradient");
-        if (e.path != route.path)
-          detail::fail_param(name, "is the same tensor as '" + e.info.name + "', which takes the " +
-                                       std::string(to_string(e.path)) + " path, but this registration routes to the " +
-                                       std::string(to_string(route.path)) + " path (" + route.rule +
-                                       "); tag both registrations alike");
-        e.aliases.push_back(std::move(name));
-        return i;
-      }
-      if (overlaps(e.param_data, static_cast<std::size_t>(en) * element_bytes(e.format), p.data, static_cast<std::size_t>(n) * pbytes))
-        detail::fail_param(name, "parameter memory overlaps parameter '" + e.info.name + "'");
+    if constexpr (!FallbackWithRates<Fb, B>)
+      if (route.path == Path::fallback && (options.lr_scale != 1.0 || options.weight_decay))
+        detail::fail_param(name, "takes the fallback path, whose policy has no per-tensor lr / weight decay "
+                                 "(apply with FallbackRates): lr_scale and weight_decay cannot be set");
+    if (const auto tie = detail::find_tie(entries_, c, p, g, options, route)) {
+      entries_[*tie].aliases.push_back(std::move(name));
+      return *tie;
     }
 
     // ---- build everything new first, then commit with operations that cannot throw ----
@@ -746,7 +724,6 @@ class Optimizer {
     entries_.reserve(entries_.size() + 1);
     flags_host_.reserve(entries_.size() + 1);
     bad_.reserve(entries_.size() + 1);
-    skipped_.reserve(entries_.size() + 1);
     if (route.path == Path::matrix) {
       const bool transposed = p.shape.rank() == 2 && p.layout == Layout::col_major;
       const index_t rows = p.shape.rows(), cols = p.shape.cols();
@@ -798,19 +775,12 @@ class Optimizer {
     unconstrained_need_.raise_to(unconstrained);
     schedule_dirty_ = true;
     const std::size_t slot = route.path == Path::matrix ? matrix_slots_.size() - 1 : fallback_slots_.size() - 1;
-    entries_.push_back(
-        Entry{std::move(info), {}, route.path, std::move(route.rule), p.data, g.data, p.layout, p.format, slot});
+    entries_.push_back(Entry{std::move(info), {}, route.path, std::move(route.rule), options, p.data, g.data,
+                             c.param_bytes, c.grad_bytes, p.layout, p.format, slot});
     flags_ = std::move(flags);
     flags_host_.push_back(0.0);
     bad_.push_back(0);
     return id;
-  }
-
-  static std::size_t element_bytes(ElementFormat f) { return f == ElementFormat::value ? sizeof(T) : 2; }
-
-  static bool overlaps(const void* a, std::size_t abytes, const void* b, std::size_t bbytes) {
-    const auto a0 = reinterpret_cast<std::uintptr_t>(a), b0 = reinterpret_cast<std::uintptr_t>(b);
-    return a0 < b0 + bbytes && b0 < a0 + abytes;
   }
 
   // The master copy starts as the registered tensor's values (decoded from 16 bits).
@@ -835,6 +805,11 @@ class Optimizer {
     const double v = *o.inv_scale;
     if (!std::isfinite(v) || !(v > 0))
       detail::fail("Optimizer::step: inv_scale must be finite and > 0, got " + detail::format_value(v));
+    // Used in value_type: it must not become Inf or 0 there.
+    if (v > static_cast<double>(std::numeric_limits<T>::max()) || v < static_cast<double>(std::numeric_limits<T>::min()))
+      detail::fail("Optimizer::step: inv_scale " + detail::format_value(v) + " is outside the range of the value type (" +
+                   detail::format_value(static_cast<double>(std::numeric_limits<T>::min())) + " .. " +
+                   detail::format_value(static_cast<double>(std::numeric_limits<T>::max())) + ")");
     if (!options_.loss_scaling)
       for (const auto& e : entries_)
         if (entries_slot_grad_format(e) == ElementFormat::value)
@@ -864,21 +839,22 @@ class Optimizer {
   }
 
   // Counts non-finite entries of every gradient on the backend and reads the per-tensor flags
-  // once. Fills bad_ and skipped_; under throw_error, throws before any state changes. (The
-  // raw gradients are checked: an overflow of a loss-scaled gradient shows as Inf already.)
-  void check_gradients_counts() {
+  // once. Fills bad_ and skipped_; under throw_error, throws before any state changes. What the
+  // step will use is checked: a loss-scaled gradient after unscaling (a finite gradient times
+  // inv_scale > 1 can overflow to Inf).
+  void check_gradients_counts(std::optional<double> inv_scale) {
     auto* flags = flags_.data();
     auto count = [&](const detail::GradSource& src, backend::MatrixView<const T> shape, ParamId id) {
       workspace_.reset();
-      backend_.count_non_finite(gradient(src, shape, std::nullopt).flat(), flags + id);
+      backend_.count_non_finite(gradient(src, shape, inv_scale).flat(), flags + id);
     };
     for (const auto& s : matrix_slots_) count(s.grad, s.g, s.id);
     for (const auto& s : fallback_slots_) count(s.grad, s.g, s.id);
     backend_.read(flags, std::span<typename B::accum_type>(flags_host_));
   }
-  void check_gradients() {
+  void check_gradients(std::optional<double> inv_scale) {
     skipped_.clear();
-    check_gradients_counts();
+    check_gradients_counts(inv_scale);
     for (ParamId i = 0; i < entries_.size(); ++i) {
       bad_[i] = flags_host_[i] != 0;
       if (bad_[i]) skipped_.push_back(i);
@@ -1065,7 +1041,7 @@ class Optimizer {
   }
 
   [[nodiscard]] MatrixParam<T> matrix_param(const MatrixSlot& s) const {
-    return {s.w, s.transposed, &entries_[s.id].info, lr_now_ * s.lr_factor};
+    return {s.w, s.transposed, &entries_[s.id].info, lr_now_ * entries_[s.id].options.lr_scale * s.lr_factor};
   }
 
   void step_matrix(LaneRef l, MatrixSlot& s) {
@@ -1139,9 +1115,9 @@ class Optimizer {
     if (options_.normuon)
       l.row_normalizer.apply(b, l.ws, s.row_second_moment.data(), u, s.transposed, options_.normuon_beta2,
                              options_.normuon_eps);
-    b.transform(s.w,
-                detail::ApplyUpdate<T>{static_cast<T>(1.0 - lr_now_ * options_.weight_decay), static_cast<T>(param.lr)},
-                s.w, u);
+    const ParamOptions& group = entries_[s.id].options;
+    const double decay = 1.0 - lr_now_ * group.lr_scale * group.weight_decay.value_or(options_.weight_decay);
+    b.transform(s.w, detail::ApplyUpdate<T>{static_cast<T>(decay), static_cast<T>(param.lr)}, s.w, u);
     if (options_.enable_constraint) {
       constraint_.retract(b, s.constraint, orth_, param, l.ws);
       // Optional: a constraint that reports adds its numbers to the step result.
@@ -1155,7 +1131,14 @@ class Optimizer {
     const auto graw = gradient(l.b, l.ws, s.grad, s.g, inv_scale_);
     const auto g = options_.enable_filter ? filter_.apply(l.b, s.filter, graw, l.ws) : graw;
     if (options_.telemetry) telemetry_.gradients(l.b, l.ws, graw, g);
-    fallback_.apply(l.b, s.fallback, s.w, g);
+    if constexpr (FallbackWithRates<Fb, B>) {
+      const ParamOptions& group = entries_[s.id].options;
+      fallback_.apply(l.b, s.fallback, s.w, g,
+                      FallbackRates{fallback_.lr() * group.lr_scale,
+                                    group.weight_decay.value_or(fallback_.options().weight_decay)});
+    } else {
+      fallback_.apply(l.b, s.fallback, s.w, g);
+    }
     if (s.target.has_master()) detail::refresh_target(l.b, s.target, s.w, l.ws.take_accums(1));
   }
 

@@ -56,6 +56,13 @@ struct ParamOptions {
   // per tensor) after every step, and the optimizer keeps the value_type master. 0 = off;
   // otherwise 2 .. 16.
   index_t fake_quant_bits = 0;
+  // Parameter groups (torch's param_groups, one tensor at a time): this tensor's learning rate
+  // is its path's lr (matrix or fallback, after the schedule) times lr_scale, and weight_decay,
+  // when set, replaces its path's weight decay (e.g. 0 for embeddings and norms). Reuse one
+  // ParamOptions value for every tensor of a group. Shown in the routing report, stored in
+  // checkpoints and restored by load(); change them later with Optimizer::set_param_group.
+  double lr_scale = 1.0;
+  std::optional<double> weight_decay{};
 };
 
 struct ParamInfo {
@@ -70,6 +77,13 @@ struct ParamInfo {
 
   // Rows of one head's block (rows / heads), or 0 when not split into heads.
   [[nodiscard]] index_t head_dim() const { return heads > 0 ? shape.rows() / heads : 0; }
+};
+
+// The learning rate and weight decay of one fallback update: the fallback's own (after the
+// schedule), or a tensor's group overrides (ParamOptions::lr_scale / weight_decay).
+struct FallbackRates {
+  double lr = 0;
+  double weight_decay = 0;
 };
 
 // The router's verdict, with the rule that produced it (shown in the routing report).

@@ -25,6 +25,17 @@ struct RoutingEntry {
   Path path = Path::fallback;
   std::string rule;
   double lr_scale = 1;  // matrix path: the tensor's lr factor (lr_adjust x modular); fallback: 1
+  // Its parameter group (ParamOptions): lr multiplier, and weight decay when it replaces the path's.
+  double group_lr_scale = 1;
+  std::optional<double> weight_decay{};
+
+  // "lr x 10, wd 0" for a tensor with group overrides, "" otherwise.
+  [[nodiscard]] std::string group() const {
+    std::ostringstream os;
+    if (group_lr_scale != 1) os << "lr x " << group_lr_scale;
+    if (weight_decay) os << (group_lr_scale != 1 ? ", " : "") << "wd " << *weight_decay;
+    return os.str();
+  }
 };
 
 struct RoutingReport {
@@ -71,7 +82,8 @@ struct RoutingReport {
     for (const auto& e : r.entries)
       os << std::setw(static_cast<int>(wn)) << display_name(e) << "  " << std::setw(static_cast<int>(ws))
          << e.shape.to_string() << "  " << std::setw(static_cast<int>(wr)) << muon::to_string(e.role) << "  "
-         << std::setw(8) << muon::to_string(e.path) << "  " << e.rule << "\n";
+         << std::setw(8) << muon::to_string(e.path) << "  " << e.rule
+         << (e.group().empty() ? "" : " [group: " + e.group() + "]") << "\n";
     auto tensors = [](std::size_t n) { return std::to_string(n) + (n == 1 ? " tensor, " : " tensors, "); };
     os << "matrix path: " << tensors(r.count(Path::matrix)) << r.elements(Path::matrix)
        << " elements; fallback: " << tensors(r.count(Path::fallback)) << r.elements(Path::fallback)
@@ -117,6 +129,10 @@ using ParamId = std::size_t;
 struct ConstraintStats {
   std::size_t clipped_heads = 0;  // QK-Clip: heads rescaled this step
   double max_head_value = 0;      // QK-Clip: largest max-logit (logit mode) or head norm (weight mode) seen
+  // QK-Clip, logit mode: query / key tensors updated this step with no max logits reported for
+  // them, so not clipped (0 when the trainer reports every step; which ones:
+  // State::stepped_without_logits()).
+  std::size_t tensors_without_logits = 0;
   std::size_t dual_iterations = 0;  // Stiefel: dual-ascent iterations used, summed over tensors (one covers a stack's slices)
   double max_residual = 0;          // Stiefel: largest tangent residual ||W^T A + A^T W||_F / sqrt(numel) of a direction
   double max_stiefel_error = 0;     // Stiefel: largest ||W^T W - I||_F after the step (W tall; W W^T for wide)
@@ -129,6 +145,7 @@ inline void merge_constraint_stats(ConstraintStats& into, const ConstraintStats&
   auto worst = [](double a, double b) { return std::isnan(a) || std::isnan(b) ? std::nan("") : std::max(a, b); };
   into.clipped_heads += s.clipped_heads;
   into.max_head_value = worst(into.max_head_value, s.max_head_value);
+  into.tensors_without_logits += s.tensors_without_logits;
   into.dual_iterations += s.dual_iterations;
   into.max_residual = worst(into.max_residual, s.max_residual);
   into.max_stiefel_error = worst(into.max_stiefel_error, s.max_stiefel_error);
@@ -158,7 +175,9 @@ struct Telemetry {
        << ",\"grad_norm\":" << grad_norm << ",\"filtered_grad_norm\":" << filtered_grad_norm
        << ",\"filter_ratio\":" << filter_ratio() << ",\"filter_delta_norm\":" << filter_delta_norm
        << ",\"orthogonality_error\":" << orthogonality_error << ",\"clipped_heads\":" << constraint.clipped_heads
-       << ",\"max_head_value\":" << constraint.max_head_value << ",\"dual_iterations\":" << constraint.dual_iterations
+       << ",\"max_head_value\":" << constraint.max_head_value
+       << ",\"tensors_without_logits\":" << constraint.tensors_without_logits
+       << ",\"dual_iterations\":" << constraint.dual_iterations
        << ",\"max_residual\":" << constraint.max_residual << ",\"max_stiefel_error\":" << constraint.max_stiefel_error
        << ",\"max_sphere_error\":" << constraint.max_sphere_error << ",\"skipped\":[";
     for (std::size_t i = 0; i < skipped.size(); ++i) {

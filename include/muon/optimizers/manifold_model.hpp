@@ -117,7 +117,7 @@ class ManifoldModel {
     const double multiplier = options_.schedule(steps_taken_ + 1);
     std::vector<std::string> bad;
     for_each_group([&](auto& g) {
-      for (auto& n : g.non_finite_gradients()) bad.push_back(std::move(n));
+      for (auto& n : g.non_finite_gradients(step_options.inv_scale)) bad.push_back(std::move(n));
     });
     ModelStepResult result;
     result.lr = options_.lr * multiplier;
@@ -194,85 +194,77 @@ class ManifoldModel {
   [[nodiscard]] Norms& norms() { return norms_; }
 
   // ---- checkpoints ----
-  // Layout: "MUONMODL" u32 version (1) u64 steps u32 groups, per group: u32 name length, name,
-  // u64 size, the group's checkpoint (core/checkpoint.hpp, with its own checksum).
+  // Layout (little-endian): "MUONMODL" u32 version (2) u64 steps u32 groups, per group: str
+  // name, u64 size, the group's checkpoint (core/checkpoint.hpp); then u64 FNV-1a 64 of every
+  // byte before it (str = u32 length + bytes). Version 1 (no checksum) is refused.
   void save(std::ostream& os, typename Stiefel::SaveOptions save_options = {}) {
-    std::string out(k_magic, sizeof(k_magic));
-    append(out, k_version);
-    append(out, steps_taken_);
-    append(out, std::uint32_t{4});
+    detail::CheckpointWriter w;
+    w.put_raw(k_magic, sizeof(k_magic));
+    w.put(k_version);
+    w.put(steps_taken_);
+    w.put(std::uint32_t{4});
     for_each_group_named([&](auto& g, const char* group) {
       std::ostringstream blob;
       g.save(blob, {.parameters = save_options.parameters});
       const std::string bytes = blob.str();
-      append(out, static_cast<std::uint32_t>(std::char_traits<char>::length(group)));
-      out += group;
-      append(out, static_cast<std::uint64_t>(bytes.size()));
-      out += bytes;
+      w.put_string(group);
+      w.put(static_cast<std::uint64_t>(bytes.size()));
+      w.put_raw(bytes.data(), bytes.size());
     });
-    os.write(out.data(), static_cast<std::streamsize>(out.size()));
-    if (!os) detail::fail("ManifoldModel: writing the checkpoint failed");
+    w.finish(os, "ManifoldModel checkpoint");
   }
 
-  // All or nothing: every group's checkpoint is checked against its group before any is loaded.
-  void load(std::istream& is) {
-    const std::string bytes{std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>()};
-    std::size_t pos = 0;
-    auto need = [&](std::size_t n) {
-      if (n > bytes.size() - pos) detail::fail("ManifoldModel checkpoint: truncated at byte " + std::to_string(pos));
-    };
-    need(sizeof(k_magic));
-    if (bytes.compare(0, sizeof(k_magic), k_magic, sizeof(k_magic)) != 0)
-      detail::fail("ManifoldModel checkpoint: not a model checkpoint (bad magic)");
-    pos = sizeof(k_magic);
-    auto get = [&]<class U>(U) {
-      need(sizeof(U));
-      U v{};
-      std::memcpy(&v, bytes.data() + pos, sizeof(U));  // little-endian hosts (as written)
-      pos += sizeof(U);
-      return v;
-    };
-    const auto version = get(std::uint32_t{});
-    if (version != k_version)
-      detail::fail("ManifoldModel checkpoint: version " + std::to_string(version) + " is not supported");
-    const auto steps = get(std::uint64_t{});
-    const auto count = get(std::uint32_t{});
-    std::map<std::string, std::string> blobs;
+  // All or nothing: the container (checksum, group names, step count) and every group's
+  // checkpoint are checked against this model before any group is loaded.
+  void load(std::istream& is) { load_checkpoint(is, true); }
+  // Every check load() makes, without loading.
+  void validate_checkpoint(std::istream& is) { load_checkpoint(is, false); }
+
+ private:
+  static constexpr char k_magic[8] = {'M', 'U', 'O', 'N', 'M', 'O', 'D', 'L'};
+  static constexpr std::uint32_t k_version = 2;
+
+  void load_checkpoint(std::istream& is, bool commit) {
+    std::size_t bound = 1024;
+    for_each_group_named([&](auto& g, const char* group) { bound += 64 + std::strlen(group) + g.checkpoint_size_bound(); });
+    detail::CheckpointReader r(is, {k_magic, k_version, k_version, "ManifoldModel checkpoint"}, bound);
+    const auto steps = r.template get<std::uint64_t>();
+    if (steps >= detail::k_max_counter)
+      detail::fail("ManifoldModel checkpoint: step count " + std::to_string(steps) + " is out of range (< 2^53)");
+    const auto count = r.template get<std::uint32_t>();
+    std::map<std::string, std::pair<std::size_t, std::size_t>> blobs;  // group -> (offset, size)
     for (std::uint32_t i = 0; i < count; ++i) {
-      const auto len = get(std::uint32_t{});
-      need(len);
-      std::string group = bytes.substr(pos, len);
-      pos += len;
-      const auto size = get(std::uint64_t{});
-      need(static_cast<std::size_t>(size));
-      blobs[group] = bytes.substr(pos, static_cast<std::size_t>(size));
-      pos += static_cast<std::size_t>(size);
+      std::string group = r.get_string();
+      const auto size = r.template get<std::uint64_t>();
+      const std::size_t at = r.skip_array(size, 1);
+      bool known = false;
+      for_each_group_named([&](auto&, const char* name) { known = known || group == name; });
+      if (!known) detail::fail("ManifoldModel checkpoint: unknown group '" + group.substr(0, 40) + (group.size() > 40 ? "...'" : "'"));
+      if (!blobs.emplace(group, std::pair{at, static_cast<std::size_t>(size)}).second)
+        detail::fail("ManifoldModel checkpoint: group '" + group + "' appears twice");
     }
-    if (pos != bytes.size()) detail::fail("ManifoldModel checkpoint: unexpected bytes after the last group");
-    for_each_group_named([&](auto& g, const char* group) {
+    if (!r.at_end()) detail::fail("ManifoldModel checkpoint: unexpected bytes after the last group");
+    auto blob_of = [&](const char* group) {
       auto it = blobs.find(group);
       if (it == blobs.end()) detail::fail(std::string("ManifoldModel checkpoint: group '") + group + "' is missing");
-      std::istringstream blob(it->second);
+      std::string bytes(it->second.second, '\0');
+      r.read_array(it->second.first, bytes.data(), bytes.size());
+      return bytes;
+    };
+    for_each_group_named([&](auto& g, const char* group) {
+      std::istringstream blob(blob_of(group));
       try {
         g.validate_checkpoint(blob);
       } catch (const Error& e) {
         detail::fail(std::string("ManifoldModel checkpoint, group '") + group + "': " + e.what());
       }
     });
+    if (!commit) return;
     for_each_group_named([&](auto& g, const char* group) {
-      std::istringstream blob(blobs.at(group));
+      std::istringstream blob(blob_of(group));
       g.load(blob);
     });
     steps_taken_ = steps;
-  }
-
- private:
-  static constexpr char k_magic[8] = {'M', 'U', 'O', 'N', 'M', 'O', 'D', 'L'};
-  static constexpr std::uint32_t k_version = 1;
-
-  template <class U>
-  static void append(std::string& out, U v) {
-    out.append(reinterpret_cast<const char*>(&v), sizeof(U));
   }
 
   static Options validated(Options o) {

@@ -8,6 +8,7 @@
 // Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019).
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 
 #include "muon/backend/concept.hpp"
 #include "muon/core/functors.hpp"
@@ -55,6 +56,9 @@ class AdamW {
     options_.lr = lr;
   }
 
+  // What load() accepts: no negative second moment (its root is taken).
+  [[nodiscard]] static detail::StateLimits limits(std::string_view key) { return {.non_negative = key == "exp_avg_sq"}; }
+
   template <class B>
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
     const auto n = static_cast<std::size_t>(info.shape.numel());
@@ -64,6 +68,12 @@ class AdamW {
   template <class B>
   void apply(B& b, State<B>& s, backend::MatrixView<typename B::value_type> w,
              backend::MatrixView<const typename B::value_type> g) {
+    apply(b, s, w, g, FallbackRates{options_.lr, options_.weight_decay});
+  }
+  // The same with another lr and weight decay (a parameter group's), the other options as set.
+  template <class B>
+  void apply(B& b, State<B>& s, backend::MatrixView<typename B::value_type> w,
+             backend::MatrixView<const typename B::value_type> g, const FallbackRates& rates) {
     using T = typename B::value_type;
     const std::uint64_t t = s.step + 1;
     const double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(t));
@@ -77,26 +87,29 @@ class AdamW {
     b.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.beta1)}, m, gf);
     b.transform(v, EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, v, gf);
     b.transform(wf,
-                Update<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay),
-                          static_cast<T>(options_.lr / bias1), static_cast<T>(std::sqrt(bias2)),
+                Update<T>{static_cast<T>(1.0 - rates.lr * rates.weight_decay),
+                          static_cast<T>(rates.lr / bias1), static_cast<T>(std::sqrt(bias2)),
                           static_cast<T>(options_.eps)},
                 wf, m, v);
     s.step = t;
   }
 
  private:
-  // v <- beta v + (1 - beta) g g, torch's v.mul_(beta2).addcmul_(g, g, value=1 - beta2).
+  // v <- beta v + (1 - beta) g g, torch's v.mul_(beta2).addcmul_(g, g, value=1 - beta2),
+  // saturated: g g overflows for |g| > 1.8e19 in float, and an Inf v would freeze the tensor.
   template <class T>
   struct EmaSquare {
     T beta, one_minus_beta;
-    MUON_HOST_DEVICE T operator()(T v, T g) const { return beta * v + one_minus_beta * g * g; }
+    T max = fn::k_largest<T>;
+    MUON_HOST_DEVICE T operator()(T v, T g) const { return fn::saturate(beta * v + one_minus_beta * g * g, max); }
   };
   // p <- p (1 - lr wd) - step_size m / (sqrt(v) / sqrt(bias2) + eps)
   template <class T>
   struct Update {
     T decay, step_size, bias2_sqrt, eps;
+    T max = fn::k_largest<T>;
     MUON_HOST_DEVICE T operator()(T p, T m, T v) const {
-      return p * decay - step_size * (m / (std::sqrt(v) / bias2_sqrt + eps));
+      return fn::saturate(p * decay - step_size * (m / (std::sqrt(v) / bias2_sqrt + eps)), max);
     }
   };
 

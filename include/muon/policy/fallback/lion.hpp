@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "muon/backend/concept.hpp"
+#include "muon/core/functors.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/validate.hpp"
 
@@ -59,6 +60,12 @@ class Lion {
   template <class B>
   void apply(B& b, State<B>& s, backend::MatrixView<typename B::value_type> w,
              backend::MatrixView<const typename B::value_type> g) {
+    apply(b, s, w, g, FallbackRates{options_.lr, options_.weight_decay});
+  }
+  // The same with another lr and weight decay (a parameter group's), the other options as set.
+  template <class B>
+  void apply(B& b, State<B>& s, backend::MatrixView<typename B::value_type> w,
+             backend::MatrixView<const typename B::value_type> g, const FallbackRates& rates) {
     using T = typename B::value_type;
     backend::MatrixView<T> m{s.exp_avg.data(), 1, 1, w.size()};
     const auto wf = w.flat();
@@ -67,7 +74,7 @@ class Lion {
     // momentum from before this step; then the momentum. (One pass would need a transform with
     // two outputs, which the backend concept does not have.)
     b.transform(wf,
-                Update<T>{static_cast<T>(1.0 - options_.lr * options_.weight_decay), static_cast<T>(options_.lr),
+                Update<T>{static_cast<T>(1.0 - rates.lr * rates.weight_decay), static_cast<T>(rates.lr),
                           static_cast<T>(options_.beta1), static_cast<T>(1.0 - options_.beta1)},
                 wf, m, gf);
     b.transform(m, Ema<T>{static_cast<T>(options_.beta2), static_cast<T>(1.0 - options_.beta2)}, m, gf);
@@ -89,7 +96,10 @@ class Lion {
   template <class T>
   struct Update {
     T decay, lr, beta1, one_minus_beta1;
-    MUON_HOST_DEVICE T operator()(T p, T m, T g) const { return p * decay - lr * sign(beta1 * m + one_minus_beta1 * g); }
+    T max = fn::k_largest<T>;
+    MUON_HOST_DEVICE T operator()(T p, T m, T g) const {
+      return fn::saturate(p * decay - lr * sign(beta1 * m + one_minus_beta1 * g), max);
+    }
   };
   // m <- beta2 m + (1 - beta2) g, lion-pytorch's m.mul_(beta2).add_(g, alpha=1 - beta2).
   template <class T>

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "muon/backend/concept.hpp"
+#include "muon/core/functors.hpp"
 #include "muon/core/error.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/validate.hpp"
@@ -64,10 +65,16 @@ class SGD {
   template <class B>
   void apply(B& b, State<B>& s, backend::MatrixView<typename B::value_type> w,
              backend::MatrixView<const typename B::value_type> g) {
+    apply(b, s, w, g, FallbackRates{options_.lr, options_.weight_decay});
+  }
+  // The same with another lr and weight decay (a parameter group's), the other options as set.
+  template <class B>
+  void apply(B& b, State<B>& s, backend::MatrixView<typename B::value_type> w,
+             backend::MatrixView<const typename B::value_type> g, const FallbackRates& rates) {
     using T = typename B::value_type;
     const auto wf = w.flat();
     const auto gf = g.flat();
-    const T lr = static_cast<T>(options_.lr), wd = static_cast<T>(options_.weight_decay);
+    const T lr = static_cast<T>(rates.lr), wd = static_cast<T>(rates.weight_decay);
     if (options_.momentum == 0) {
       b.transform(wf, Plain<T>{lr, wd}, wf, gf);
     } else {
@@ -85,20 +92,25 @@ class SGD {
   template <class T>
   struct Plain {
     T lr, wd;
-    MUON_HOST_DEVICE T operator()(T p, T g) const { return p - lr * (g + wd * p); }
+    T max = fn::k_largest<T>;
+    MUON_HOST_DEVICE T operator()(T p, T g) const { return fn::saturate(p - lr * fn::saturate(g + wd * p, max), max); }
   };
   template <class T>
   struct MomentumBuffer {
     T keep, damp, wd;
-    MUON_HOST_DEVICE T operator()(T b, T g, T p) const { return keep * b + damp * (g + wd * p); }
+    T max = fn::k_largest<T>;
+    MUON_HOST_DEVICE T operator()(T b, T g, T p) const {
+      return fn::saturate(keep * b + damp * fn::saturate(g + wd * p, max), max);
+    }
   };
   template <class T>
   struct MomentumUpdate {
     T lr, wd, mu;
     bool nesterov;
+    T max = fn::k_largest<T>;
     MUON_HOST_DEVICE T operator()(T p, T g, T b) const {
-      const T d = nesterov ? (g + wd * p) + mu * b : b;
-      return p - lr * d;
+      const T d = nesterov ? fn::saturate(fn::saturate(g + wd * p, max) + mu * b, max) : b;
+      return fn::saturate(p - lr * d, max);
     }
   };
 

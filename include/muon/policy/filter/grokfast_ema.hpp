@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "muon/backend/concept.hpp"
+#include "muon/core/functors.hpp"
 #include "muon/core/config.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/validate.hpp"
@@ -81,11 +82,12 @@ class GrokfastEMA {
     bool first;
     MUON_HOST_DEVICE T operator()(T h, T g) const { return (first ? g : h) * alpha + g * one_minus_alpha; }
   };
-  // g' = g + h lamb
+  // g' = g + h lamb, saturated: amplifying a gradient near the float maximum must not make it Inf.
   template <class T>
   struct Amplify {
     T lamb;
-    MUON_HOST_DEVICE T operator()(T g, T h) const { return g + h * lamb; }
+    T max = fn::k_largest<T>;
+    MUON_HOST_DEVICE T operator()(T g, T h) const { return fn::saturate(g + h * lamb, max); }
   };
 
   Options options_;

@@ -27,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "muon/backend/concept.hpp"
 #include "muon/core/config.hpp"
@@ -78,6 +79,13 @@ class GrokfastMA {
   }
 
   [[nodiscard]] const Options& options() const { return options_; }
+  // What load() accepts: count <= window and head < window (head indexes the ring).
+  [[nodiscard]] detail::StateLimits limits(std::string_view key) const {
+    const auto window = static_cast<std::uint64_t>(options_.window);
+    if (key == "count") return {.max_counter = window};
+    if (key == "head") return {.max_counter = window - 1};
+    return {};
+  }
 
   template <class B>
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
@@ -120,6 +128,7 @@ class GrokfastMA {
     b.gemm(backend::Trans::no, backend::Trans::no, static_cast<T>(scale),
            backend::MatrixView<const T>{s.ones.data(), 1, 1, k}, backend::MatrixView<const T>{s.window.data(), 1, k, n},
            T(1), of);
+    b.transform(of, fn::Saturate<T>{}, of);  // a window of gradients near the float maximum sums past it
     return out;
   }
 

@@ -1,0 +1,2 @@
+// placeholder: filled in this session
+#include <catch2/catch.hpp>
