@@ -8,13 +8,25 @@
 #include <concepts>
 #include <cstddef>
 #include <initializer_list>
+#include <ranges>
+#include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
 
 namespace muon {
+
+namespace detail {
+// Integers a shape dimension may come from: not bool or a character type.
+template <class I>
+concept dimension_integer =
+    std::integral<I> && !std::same_as<I, bool> && !std::same_as<I, char> && !std::same_as<I, signed char> &&
+    !std::same_as<I, unsigned char> && !std::same_as<I, wchar_t> && !std::same_as<I, char8_t> &&
+    !std::same_as<I, char16_t> && !std::same_as<I, char32_t>;
+}  // namespace detail
 
 // Logical shape of a parameter, outermost first (PyTorch order): a Linear weight is
 // {out_features, in_features}; a stack of experts is {experts, rows, cols}.
@@ -23,9 +35,25 @@ class Shape {
   static constexpr std::size_t max_rank = 6;
 
   constexpr Shape() = default;
-  constexpr Shape(std::initializer_list<index_t> dims) {
-    if (dims.size() > max_rank) detail::fail("shape rank above 6 is not supported");
+  constexpr Shape(std::initializer_list<index_t> dims) : Shape(std::span<const index_t>(dims.begin(), dims.size())) {}
+  // From dimensions known only at run time (a trainer's tensor.sizes()). Like the list form it
+  // accepts negative dimensions: registration rejects them, naming the tensor.
+  constexpr Shape(std::span<const index_t> dims) {
+    if (dims.size() > max_rank) fail_rank(dims.size());
     for (index_t d : dims) dims_[rank_++] = d;
+  }
+  // Any other sized range of integers, e.g. std::vector<std::int64_t> (not index_t on every
+  // platform) or std::vector<int>; implicit, so muon::raw(ptr, sizes) takes one. A value index_t
+  // cannot hold throws instead of wrapping.
+  template <std::ranges::sized_range R>
+    requires std::ranges::input_range<const R> && detail::dimension_integer<std::ranges::range_value_t<const R>> &&
+             (!std::same_as<std::remove_cvref_t<R>, Shape>)
+  constexpr Shape(const R& dims) {
+    if (std::ranges::size(dims) > max_rank) fail_rank(static_cast<std::size_t>(std::ranges::size(dims)));
+    for (auto d : dims) {
+      if (!std::in_range<index_t>(d)) detail::fail("shape dimension " + std::to_string(d) + " does not fit in index_t");
+      dims_[rank_++] = static_cast<index_t>(d);
+    }
   }
 
   [[nodiscard]] constexpr std::size_t rank() const { return rank_; }
@@ -58,6 +86,10 @@ class Shape {
   }
 
  private:
+  [[noreturn]] static void fail_rank(std::size_t rank) {
+    detail::fail("shape rank " + std::to_string(rank) + " is above " + std::to_string(max_rank) + ", which is not supported");
+  }
+
   std::array<index_t, max_rank> dims_{};
   std::size_t rank_ = 0;
 };
