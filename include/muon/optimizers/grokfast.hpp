@@ -4,13 +4,19 @@
 //   MuonGrokfast<B>  Muon for matrices, AdamW for the rest;
 //   MuonGrokfastClip<B>  MuonGrokfast with per-head QK-Clip on tensors registered as query / key
 //                    with heads (the full MuonGrokfast system; presets in optimizers/presets.hpp).
+// and the moving-average filter (the official gradfilter_ma: window 100, lamb 5, mean, warm-up)
+// in front of
+//   GrokfastMA<B>      AdamW for every tensor;
+//   MuonGrokfastMA<B>  Muon for matrices, AdamW for the rest.
+// Filter options go in Options::filter, AdamW's in Options::fallback. GrokfastMA<B> is also the
+// name of the filter policy, muon::policy::GrokfastMA.
 // Lee et al., "Grokfast: Accelerated Grokking by Amplifying Slow Gradients" (arXiv:2405.20233).
-// For the moving-average filter, name policy::GrokfastMA in your own alias.
 #include "muon/core/optimizer.hpp"
 #include "muon/policy/constraint/none.hpp"
 #include "muon/policy/constraint/qk_clip.hpp"
 #include "muon/policy/fallback/adamw.hpp"
 #include "muon/policy/filter/grokfast_ema.hpp"
+#include "muon/policy/filter/grokfast_ma.hpp"
 #include "muon/policy/orthogonalizer/newton_schulz.hpp"
 #include "muon/policy/router/fallback_only.hpp"
 #include "muon/policy/router/shape_role.hpp"
@@ -28,5 +34,13 @@ using MuonGrokfast = Optimizer<B, policy::GrokfastEMA, policy::ShapeRoleRouter, 
 template <class B>
 using MuonGrokfastClip = Optimizer<B, policy::GrokfastEMA, policy::ShapeRoleRouter, policy::NewtonSchulz,
                                    policy::QKClip, policy::AdamW>;
+
+template <class B>
+using GrokfastMA = Optimizer<B, policy::GrokfastMA, policy::FallbackOnlyRouter, policy::NewtonSchulz,
+                             policy::NoConstraint, policy::AdamW>;
+
+template <class B>
+using MuonGrokfastMA = Optimizer<B, policy::GrokfastMA, policy::ShapeRoleRouter, policy::NewtonSchulz,
+                                 policy::NoConstraint, policy::AdamW>;
 
 }  // namespace muon
