@@ -36,6 +36,12 @@
 #include "muon/optimizers/manifold_model.hpp"
 #include "muon/optimizers/muon.hpp"
 #include "muon/optimizers/presets.hpp"
+// After by_name.hpp: its make_optimizer names policy::AdamW / SGD / Lion through a
+// using-directive, which these aliases of the same names would make ambiguous.
+#include "muon/optimizers/fallback_alone.hpp"
+
+#include "muon/ops/orthogonalize.hpp"
+#include "muon/ops/qk_clip.hpp"
 
 #if __has_include(<Eigen/Core>)
 #include "muon/backend/eigen.hpp"
