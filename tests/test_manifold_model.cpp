@@ -154,6 +154,37 @@ TEST_CASE("ManifoldModel saves and loads its groups together", "[manifold_model]
     CHECK(q.isZero());
   }
 
+  // The container itself: a flipped step-count bit is caught by its checksum; group names that
+  // are unknown or appear twice are refused even with a valid checksum.
+  {
+    std::string steps_flipped = bytes;
+    steps_flipped[12] ^= 0x04;  // u64 steps after "MUONMODL" and the version
+    std::istringstream in(steps_flipped);
+    CHECK_THROWS_WITH(b.opt.load(in), Catch::Contains("checksum mismatch"));
+    // Rebuilt with chosen group names (str name, u64 size, blob), checksum recomputed.
+    auto rebuilt = [&](const std::vector<std::string>& names) {
+      muon::detail::CheckpointWriter w;
+      w.put_raw(bytes.data(), 8);
+      w.put(std::uint32_t{2});
+      w.put(std::uint64_t{20});
+      w.put(static_cast<std::uint32_t>(names.size()));
+      for (const auto& n : names) {
+        w.put_string(n);
+        w.put(std::uint64_t{3});
+        w.put_raw("abc", 3);
+      }
+      std::ostringstream os;
+      w.finish(os);
+      return os.str();
+    };
+    std::istringstream unknown(rebuilt({"stiefel", "embeddings", "router_gates", "norms", "extra"}));
+    CHECK_THROWS_WITH(b.opt.load(unknown), Catch::Contains("unknown group 'extra'"));
+    std::istringstream twice(rebuilt({"stiefel", "stiefel", "embeddings", "router_gates", "norms"}));
+    CHECK_THROWS_WITH(b.opt.load(twice), Catch::Contains("group 'stiefel' appears twice"));
+    CHECK(b.everything() == before);
+    CHECK(b.opt.steps_taken() == 0);
+  }
+
   std::istringstream in(bytes);
   b.opt.load(in);
   CHECK(b.everything() == a.everything());
