@@ -42,15 +42,17 @@
 // the per-row numbers and one host read of one value per tensor and step.
 //
 // Layouts. Row-major storage: logical rows are contiguous, so the backend's per-slice reductions
-// and transform_slices on the view {data, batch * rows, 1, cols} work row by row (per-row
-// numbers in accum memory). Transposed storage (a column-major Eigen matrix): logical rows are
-// physical columns; a functor per column sums down it (in double) into value_type workspace, and
-// elementwise functors find their column from the flat index.
+// and transform_slices on the view {data, batch * rows, 1, cols} work row by row. Transposed
+// storage (a column-major Eigen matrix): logical rows are physical columns; functors sum down
+// them in double (partial sums over blocks of rows, then each column's total) and write the sums
+// into accum memory through the pointer they carry; elementwise functors find their column from
+// the flat index. Per-row numbers live in accum memory in both layouts: a float sum of squares
+// overflows for entries above ~1e19 where a double one does not.
 //
 // Cost per tensor and step: renormalize streams through the tensor 13 times (W read 6 times and
 // written once, u read 4 times and written twice, reductions included; analytic 11), plus O(rows)
-// work on per-row numbers; no GEMM. Workspace: a few numbers per row, plus 1/16 of the tensor
-// for the column sums of transposed storage.
+// work on per-row numbers; no GEMM. Workspace: a few numbers per row, plus for the column sums
+// of transposed storage 1/16 of the tensor's element count in accum_type and as much in value_type.
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -133,20 +135,20 @@ class Hypersphere {
   }
 
   // Per-row arrays (n = batch * rows). The reductions (w . u, w . w, ||t||, the norms before
-  // dividing and after) go to accum memory for row-major storage and to value memory for
-  // transposed storage, which also needs the column sums' partials (one per block of k_block
-  // logical columns, taken by direction and by retract); ParamInfo does not carry the layout, so
-  // both are planned. Either layout adds three value arrays (the projection coefficients, the
-  // direction scales, which double as the analytic flags, and the deviations) and one accum (the
-  // max deviation). The orthogonalizer is not used.
+  // dividing and after) go to accum memory in both layouts. Transposed storage also needs the
+  // column sums' partials (one per block of k_block logical columns, in accum memory, plus as
+  // many values for the transform that writes them; taken by direction and by retract);
+  // ParamInfo does not carry the layout, so they are always planned. Three value arrays (the
+  // projection coefficients, the direction scales, which double as the analytic flags, and the
+  // deviations) and one accum (the max deviation). The orthogonalizer is not used.
   template <class B, class O>
   [[nodiscard]] WorkspaceNeed plan(B&, const O&, const ParamInfo& info) const {
     const index_t n = logical_rows(info);
     const index_t partials = info.shape.batch() * ColumnRows<B>::blocks(info.shape.cols()) * info.shape.rows();
     WorkspaceNeed need;
     for (int k = 0; k < 5; ++k) need.add_accums(n);
-    for (int k = 0; k < 5 + 3; ++k) need.add_matrix(1, 1, n);
-    need.add_matrix(1, 1, partials).add_matrix(1, 1, partials);
+    for (int k = 0; k < 3; ++k) need.add_matrix(1, 1, n);
+    for (int k = 0; k < 2; ++k) need.add_matrix(1, 1, partials).add_accums(partials);
     need.add_accums(1);
     return need;
   }
@@ -209,14 +211,17 @@ class Hypersphere {
   // whole row. Summing a column in one functor call would touch a new cache line (and page) per
   // element, so the sum runs in two passes: partial sums over blocks of k_block physical rows
   // (consecutive calls read neighbouring columns of the same few lines), then the total of each
-  // column's partials. Both accumulate in double. Elementwise functors find their column from
-  // the flat index.
+  // column's partials. Both accumulate in double and store into accum memory (element k of
+  // the buffer the functor carries; the value_type output is scratch): stored as value_type, a
+  // float sum of squares overflows where the double one does not. Elementwise functors find
+  // their column from the flat index.
   static constexpr index_t k_block = 32;
 
-  template <class T>
+  template <class T, class A>
   struct ColumnPartial {
     const T* x;
     const T* y;
+    A* partials;                 // written at k
     index_t rows, cols, blocks;  // physical rows and cols per slice; row blocks per slice
     MUON_HOST_DEVICE T operator()(index_t k, T) const {
       const index_t c = k % cols, q = k / cols;  // q = slice * blocks + block
@@ -226,20 +231,23 @@ class Hypersphere {
       const T* py = y + slice * rows * cols + c;
       double sum = 0;
       for (index_t i = first; i < last; ++i) sum += static_cast<double>(px[i * cols]) * static_cast<double>(py[i * cols]);
-      return static_cast<T>(sum);
+      partials[k] = static_cast<A>(sum);
+      return T(0);
     }
   };
-  template <class T>
+  template <class T, class A>
   struct ColumnTotal {
-    const T* partials;
+    const A* partials;
+    A* out;  // written at r
     index_t cols, blocks;
     bool root;  // sqrt of the sum (a norm)
     MUON_HOST_DEVICE T operator()(index_t r, T) const {
       const index_t slice = r / cols, c = r - slice * cols;
-      const T* p = partials + slice * blocks * cols + c;
+      const A* p = partials + slice * blocks * cols + c;
       double sum = 0;
       for (index_t q = 0; q < blocks; ++q) sum += static_cast<double>(p[q * cols]);
-      return static_cast<T>(root ? std::sqrt(sum) : sum);
+      out[r] = static_cast<A>(root ? std::sqrt(sum) : sum);
+      return T(0);
     }
   };
   template <class F>
@@ -257,19 +265,20 @@ class Hypersphere {
   template <class B>
   struct ColumnRows {
     using T = typename B::value_type;
-    using R = T;
+    using R = typename B::accum_type;
     index_t batch, rows, cols;  // physical
-    T* partials;                // batch * blocks() * cols values of workspace
+    R* partials;                // batch * blocks() * cols accums of workspace
+    T* scratch;                 // as many values: the transforms' discarded output
 
     [[nodiscard]] static index_t blocks(index_t rows) { return (rows + k_block - 1) / k_block; }
     [[nodiscard]] index_t count() const { return batch * cols; }
-    R* take(Workspace<B>& ws) const { return ws.take(1, 1, count()).data; }
+    R* take(Workspace<B>& ws) const { return ws.take_accums(count()); }
     void sum(B& b, backend::MatrixView<const T> x, backend::MatrixView<const T> y, R* out, bool root) const {
       const index_t nb = blocks(rows);
-      backend::MatrixView<T> part{partials, 1, 1, batch * nb * cols};
-      b.transform_indexed(part, ColumnPartial<T>{x.data, y.data, rows, cols, nb}, part);
-      backend::MatrixView<T> o{out, 1, 1, count()};
-      b.transform_indexed(o, ColumnTotal<T>{partials, cols, nb, root}, o);
+      backend::MatrixView<T> part{scratch, 1, 1, batch * nb * cols};
+      b.transform_indexed(part, ColumnPartial<T, R>{x.data, y.data, partials, rows, cols, nb}, part);
+      backend::MatrixView<T> o{scratch, 1, 1, count()};  // count() <= the partials' count
+      b.transform_indexed(o, ColumnTotal<T, R>{partials, out, cols, nb, root}, o);
     }
     void dots(B& b, backend::MatrixView<const T> x, backend::MatrixView<const T> y, R* out) const {
       sum(b, x, y, out, false);
@@ -282,8 +291,8 @@ class Hypersphere {
   };
   template <class B>
   static ColumnRows<B> column_rows(const MatrixParam<typename B::value_type>& p, Workspace<B>& ws) {
-    const index_t nb = ColumnRows<B>::blocks(p.w.rows);
-    return {p.w.batch, p.w.rows, p.w.cols, ws.take(1, 1, p.w.batch * nb * p.w.cols).data};
+    const index_t n = p.w.batch * ColumnRows<B>::blocks(p.w.rows) * p.w.cols;
+    return {p.w.batch, p.w.rows, p.w.cols, ws.take_accums(n), ws.take(1, 1, n).data};
   }
 
   // ---- functors -----------------------------------------------------------------------------
