@@ -149,13 +149,15 @@ class Orthogonalize {
     return view_of(t.shape, t.layout, const_cast<value_type*>(t.data), what);  // an input is only read
   }
   static backend::MatrixView<value_type> view_of(const Shape& s, Layout layout, value_type* data, const char* what) {
-    const std::string who = std::string("orthogonalize: ") + what + " ";
-    if (s.rank() != 2 && s.rank() != 3)
-      detail::fail(who + "has shape " + s.to_string() + "; expected a matrix (rank 2) or a stack of matrices (rank 3)");
+    // Messages are built only on failure: a call with a good tensor allocates nothing.
+    auto fail = [&](const std::string& why) {
+      detail::fail(std::string("orthogonalize: ") + what + " has shape " + s.to_string() + "; " + why);
+    };
+    if (s.rank() != 2 && s.rank() != 3) fail("expected a matrix (rank 2) or a stack of matrices (rank 3)");
     for (std::size_t i = 0; i < s.rank(); ++i)
-      if (s[i] <= 0) detail::fail(who + "has shape " + s.to_string() + "; every dimension must be > 0");
+      if (s[i] <= 0) fail("every dimension must be > 0");
     if (s.rank() == 3 && layout == Layout::col_major)
-      detail::fail(who + "is a rank-3 stack marked column-major; a stack must be row-major (C order)");
+      fail("a rank-3 stack marked column-major; a stack must be row-major (C order)");
     const bool transposed = layout == Layout::col_major;
     return {data, s.rank() == 3 ? s[0] : 1, transposed ? s.cols() : s.rows(), transposed ? s.rows() : s.cols()};
   }
