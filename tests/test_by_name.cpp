@@ -6,6 +6,8 @@
 #include <muon/muon.hpp>
 #include <muon/optimizers/by_name.hpp>
 #include <sstream>
+#include <string>
+#include <vector>
 
 namespace {
 using B = muon::backend::Eigen<float>;
@@ -184,4 +186,95 @@ TEST_CASE("by name: integers in range, sane iteration counts, one spelling per s
     CHECK(what.size() < 300);
     CHECK_THAT(what, Catch::Contains("100001 characters"));
   }
+}
+
+TEST_CASE("by name: muon_clip takes max logits and clips as the typed MuonClip does", "[by_name][qk_clip]") {
+  using B = muon::backend::Eigen<float>;
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const muon::ParamOptions qo{.role = muon::Role::query, .heads = 4, .rotary_rows = 2};
+  const muon::ParamOptions ko{.role = muon::Role::key, .heads = 4};
+  for (const std::string name : {"muon_clip", "muon_grokfast_clip"}) {
+    INFO(name);
+    const Mat q0 = Mat::Random(32, 16), k0 = Mat::Random(32, 16);
+    const Mat gq = Mat::Random(32, 16), gk = Mat::Random(32, 16);
+    Mat q1 = q0, k1 = k0, q2 = q0, k2 = k0;
+    auto handle = muon::make_optimizer<B>(name, muon::parse_config("lr=0.02, constraint.tau=100, constraint.alpha=0.3"));
+    handle->add("q", q1, gq, qo);
+    handle->add("k", k1, gk, ko);
+    const muon::policy::QKClip::Options clip{.tau = 100, .alpha = 0.3};
+    muon::MuonClip<B> direct({.lr = 0.02, .constraint = clip});
+    muon::MuonGrokfastClip<B> direct_grokfast({.lr = 0.02, .constraint = clip});
+    const bool grokfast = name == "muon_grokfast_clip";
+    if (grokfast) {
+      direct_grokfast.add("q", q2, gq, qo);
+      direct_grokfast.add("k", k2, gk, ko);
+    } else {
+      direct.add("q", q2, gq, qo);
+      direct.add("k", k2, gk, ko);
+    }
+    const std::vector<float> s{10, 250, 100, 1000};  // heads 1 and 3 above tau
+    for (int t = 0; t < 2; ++t) {
+      // Step 1: the pair form; step 2: one tensor at a time.
+      if (t == 0) {
+        handle->set_max_logits("q", "k", s);
+      } else {
+        handle->set_max_logits("q", s);
+        handle->set_max_logits("k", s);
+      }
+      if (grokfast)
+        muon::set_max_logits(direct_grokfast, "q", "k", s);
+      else
+        muon::set_max_logits(direct, "q", "k", s);
+      const auto r = handle->step();
+      const auto rd = grokfast ? direct_grokfast.step() : direct.step();
+      CHECK(r.constraint.clipped_heads == 4);
+      CHECK(rd.constraint.clipped_heads == 4);
+      CHECK(r.constraint.tensors_without_logits == 0);
+      CHECK(r.constraint.max_head_value == 1000.0);
+      CHECK(q1 == q2);  // same bits
+      CHECK(k1 == k2);
+    }
+    const auto r = handle->step();  // no report: nothing clipped, and said so
+    CHECK(r.constraint.clipped_heads == 0);
+    CHECK(r.constraint.tensors_without_logits == 2);
+  }
+}
+
+TEST_CASE("by name: max logits are refused where QK-Clip cannot take them", "[by_name][qk_clip][bad_input]") {
+  using B = muon::backend::Eigen<float>;
+  Eigen::MatrixXf q = Eigen::MatrixXf::Random(32, 16), gq = Eigen::MatrixXf::Random(32, 16);
+  Eigen::MatrixXf k = Eigen::MatrixXf::Random(32, 16), gk = Eigen::MatrixXf::Random(32, 16);
+  Eigen::MatrixXf mlp = Eigen::MatrixXf::Random(16, 16), gmlp = Eigen::MatrixXf::Random(16, 16);
+  Eigen::VectorXf bias = Eigen::VectorXf::Random(16), gbias = Eigen::VectorXf::Random(16);
+  const std::vector<float> s{10, 250, 100, 1000};
+  auto build = [&](const std::string& name, const std::string& config) {
+    auto opt = muon::make_optimizer<B>(name, muon::parse_config(config));
+    opt->add("q", q, gq, {.role = muon::Role::query, .heads = 4});
+    opt->add("k", k, gk, {.role = muon::Role::key, .heads = 4});
+    opt->add("mlp", mlp, gmlp);
+    opt->add("bias", bias, gbias, {.role = muon::Role::bias});
+    return opt;
+  };
+  // A composition without QK-Clip.
+  for (const std::string name : {"muon", "muon_grokfast", "stiefel_muon", "adamw"}) {
+    auto opt = build(name, "");
+    CHECK_THROWS_WITH(opt->set_max_logits("q", s), Catch::Contains("parameter 'q'") && Catch::Contains("no QK-Clip"));
+    CHECK_THROWS_WITH(opt->set_max_logits("q", "k", s),
+                      Catch::Contains("parameter 'q'") && Catch::Contains("'" + name + "' has no QK-Clip"));
+  }
+  // muon_clip: the typed call's checks, each naming the tensor, and nothing set.
+  auto opt = build("muon_clip", "");
+  CHECK_THROWS_WITH(opt->set_max_logits("mlp", s), Catch::Contains("'mlp'") && Catch::Contains("role query or key"));
+  CHECK_THROWS_WITH(opt->set_max_logits("bias", s), Catch::Contains("'bias'") && Catch::Contains("fallback path"));
+  CHECK_THROWS_WITH(opt->set_max_logits("q", std::vector<float>{1, 2, 3}),
+                    Catch::Contains("'q'") && Catch::Contains("3 max logits for 4 heads"));
+  CHECK_THROWS_WITH(opt->set_max_logits("nope", s), Catch::Contains("'nope'"));
+  CHECK_THROWS_WITH(opt->set_max_logits("q", "mlp", s), Catch::Contains("'mlp'"));  // the pair: checked first
+  CHECK_THROWS_WITH(opt->set_max_logits("q", "q", s), Catch::Contains("'q'") && Catch::Contains("two tensors"));
+  const auto r = opt->step();
+  CHECK(r.constraint.clipped_heads == 0);  // the failed calls reported nothing
+  CHECK(r.constraint.tensors_without_logits == 2);
+  // weight_norm mode takes no logits.
+  auto weight = build("muon_clip", "constraint.mode=weight_norm");
+  CHECK_THROWS_WITH(weight->set_max_logits("q", s), Catch::Contains("'q'") && Catch::Contains("weight_norm"));
 }

@@ -386,6 +386,86 @@ TEMPLATE_TEST_CASE("QK-Clip: alpha 1 puts the whole scale on W_q", "[qk_clip]", 
   CHECK(same_bits(rig.q.bottomRows(4).eval(), rig.ref_q.bottomRows(4).eval()));
 }
 
+TEMPLATE_TEST_CASE("QK-Clip logit: a tensor stepped without max logits is reported", "[qk_clip]", FloatRows,
+                   DoubleCols) {
+  using T = typename TestType::scalar;
+  Rig<TestType> rig(4, 8, 24, 2, {}, 0.02);
+  CHECK(!rig.q_state().stepped_without_logits());
+  const std::vector<T> s{T(1), T(300), T(2), T(150)};
+  auto step = [&] {
+    rig.new_gradients();
+    return rig.clip.step();
+  };
+  // Nothing reported: both tensors say so, the untagged one does not.
+  auto r = step();
+  CHECK(r.constraint.tensors_without_logits == 2);
+  CHECK(rig.q_state().stepped_without_logits());
+  CHECK(rig.k_state().stepped_without_logits());
+  CHECK(!rig.clip.constraint_state(2).stepped_without_logits());
+  // Only W_q reported: W_k is the one without.
+  muon::set_max_logits(rig.clip, "q", s);
+  r = step();
+  CHECK(r.constraint.tensors_without_logits == 1);
+  CHECK(r.constraint.clipped_heads == 2);
+  CHECK(!rig.q_state().stepped_without_logits());
+  CHECK(rig.k_state().stepped_without_logits());
+  // Both reported: none.
+  muon::set_max_logits(rig.clip, "q", "k", s);
+  r = step();
+  CHECK(r.constraint.tensors_without_logits == 0);
+  CHECK(!rig.q_state().stepped_without_logits());
+  CHECK(!rig.k_state().stepped_without_logits());
+  // A tensor skipped for a NaN gradient was not updated, so it is not counted.
+  rig.new_gradients();
+  rig.gq(0, 0) = std::numeric_limits<T>::quiet_NaN();
+  r = rig.clip.step();
+  REQUIRE(r.skipped.size() == 1);
+  CHECK(r.constraint.tensors_without_logits == 1);
+  CHECK(rig.k_state().stepped_without_logits());
+
+  // The count goes through merging (groups, threads) and the telemetry line.
+  muon::ConstraintStats a, b;
+  a.tensors_without_logits = 2;
+  b.tensors_without_logits = 3;
+  muon::merge_constraint_stats(a, b);
+  CHECK(a.tensors_without_logits == 5);
+  muon::Telemetry t;
+  t.constraint = a;
+  CHECK(t.to_json().find("\"tensors_without_logits\":5,") != std::string::npos);
+
+  // Weight-norm mode needs no logits.
+  Rig<TestType> w(4, 8, 24, 0, {.mode = QKClipMode::weight_norm}, 0.02);
+  w.new_gradients();
+  CHECK(w.clip.step().constraint.tensors_without_logits == 0);
+  CHECK(!w.q_state().stepped_without_logits());
+}
+
+TEST_CASE("QK-Clip: a pair whose query and key are one tensor is rejected", "[qk_clip][bad_input]") {
+  using S = FloatRows;
+  Rig<S> rig(4, 8, 24, 2, {}, 0.02);
+  // A second name of W_q (a tied registration with the same options).
+  rig.clip.add("q_alias", rig.q, rig.gq, {.role = muon::Role::query, .heads = 4, .rotary_rows = 2});
+  REQUIRE(rig.clip.id("q_alias") == rig.clip.id("q"));
+  const std::vector<float> s{1, 2e3f, 3, 4};
+  auto expect_error = [&](auto&& call, const std::string& needle) {
+    try {
+      call();
+      FAIL("no muon::Error (expected: " << needle << ")");
+    } catch (const muon::Error& e) {
+      const std::string what = e.what();
+      INFO(what);
+      CHECK(what.find(needle) != std::string::npos);
+      CHECK(what.find("two tensors") != std::string::npos);
+    }
+    CHECK(!rig.q_state().reported());
+  };
+  expect_error([&] { muon::set_max_logits(rig.clip, "q", "q", s); }, "parameter 'q'");
+  expect_error([&] { muon::set_max_logits(rig.clip, "q", "q_alias", s); }, "'q_alias' is the same");
+  expect_error([&] { muon::set_max_logits(rig.clip, "q_alias", "q", s); }, "parameter 'q_alias'");
+  expect_error([&] { muon::set_max_logits(rig.clip, muon::ParamId{0}, muon::ParamId{0}, s); }, "parameter 'q'");
+  CHECK(rig.clip.step().constraint.clipped_heads == 0);
+}
+
 // ---- Bad input --------------------------------------------------------------------------------
 
 TEST_CASE("QK-Clip: bad max logits throw, name the tensor and change nothing", "[qk_clip][bad_input]") {

@@ -22,15 +22,20 @@
 // fields are accepted without the prefix too (lr=1e-3). An unknown name or field, or a value that does not parse, throws muon::Error
 // that says which, and lists what is accepted.
 //
+// muon_clip and muon_grokfast_clip take each step's per-head max logits through the handle,
+// opt->set_max_logits("layer0.q", "layer0.k", s_max), as the typed muon::set_max_logits.
+//
 // The handle is an abstract class (one virtual call per step); the compositions behind it are
 // the same templates a compile-time user names.
 #include <charconv>
+#include <concepts>
 #include <functional>
 #include <istream>
 #include <limits>
 #include <map>
 #include <memory>
 #include <ostream>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -91,7 +96,7 @@ class AnyOptimizer {
 
   template <TensorLike P, TensorLike G>
   ParamId add(std::string name, P&& param, G&& grad, ParamOptions options = {}) {
-    auto [p, g] = detail::registration_refs<value_type>(std::forward<P>(param), std::forward<G>(grad));
+    auto [p, g] = detail::registration_refs<value_type>(name, std::forward<P>(param), std::forward<G>(grad));
     return add_tensor(std::move(name), p, g, options);
   }
 
@@ -108,6 +113,15 @@ class AnyOptimizer {
   virtual void save(std::ostream& os, bool parameters = false) = 0;
   virtual void load(std::istream& is) = 0;
   [[nodiscard]] virtual std::map<std::string, std::vector<double>> state_snapshot() = 0;
+  // QK-Clip (muon_clip, muon_grokfast_clip; logit mode): each head's largest attention logit for
+  // the coming step, as muon::set_max_logits does on the typed optimizer (the pair form checks
+  // both tensors before setting either). Throws muon::Error naming the tensor, and changes
+  // nothing, when the composition has no QK-Clip, and as the typed call does: the tensor is
+  // unknown, takes the fallback path or is not tagged query / key with heads, the values are bad
+  // (count != heads, negative, NaN / Inf), weight_norm mode, or the pair is one tensor.
+  virtual void set_max_logits(const std::string& name, std::span<const value_type> max_logits) = 0;
+  virtual void set_max_logits(const std::string& query, const std::string& key,
+                              std::span<const value_type> max_logits) = 0;
   // The name it was made from ("muon_grokfast", ...).
   [[nodiscard]] virtual const std::string& kind() const = 0;
 };
@@ -349,8 +363,26 @@ class Handle final : public AnyOptimizer<typename Opt::backend_type> {
   void load(std::istream& is) override { opt_.load(is); }
   std::map<std::string, std::vector<double>> state_snapshot() override { return opt_.state_snapshot(); }
   const std::string& kind() const override { return kind_; }
+  void set_max_logits(const std::string& name, std::span<const T> s) override {
+    if constexpr (has_qk_clip)
+      muon::set_max_logits(opt_, name, s);
+    else
+      no_qk_clip(name);
+  }
+  void set_max_logits(const std::string& query, const std::string& key, std::span<const T> s) override {
+    if constexpr (has_qk_clip)
+      muon::set_max_logits(opt_, query, key, s);
+    else
+      no_qk_clip(query);
+  }
 
  private:
+  static constexpr bool has_qk_clip = std::same_as<typename Opt::constraint_type, policy::QKClip>;
+  [[noreturn]] void no_qk_clip(const std::string& name) const {
+    detail::fail_param(name, "optimizer '" + kind_ + "' has no QK-Clip to take max logits (muon_clip and "
+                                                     "muon_grokfast_clip do)");
+  }
+
   std::string kind_;
   Opt opt_;
 };

@@ -13,7 +13,9 @@
 //       W_k rows of h           *= gamma_h^(1 - alpha)
 //     so every q.k logit of head h scales by gamma_h (the rotary part pairs with MLA's shared
 //     rotary key, which is not tagged and stays untouched). A report is used by one step and
-//     then cleared: a step without a report clips nothing.
+//     then cleared: a step without a report clips nothing, and says so (the tensor's
+//     State::stepped_without_logits(), ConstraintStats::tensors_without_logits), since a trainer
+//     that forgot to report would otherwise never clip without noticing.
 //   weight_norm mode (no logits available): every head's block of W_q / W_k (all its rows) is
 //     rescaled by max_head_norm / ||block||_F when its Frobenius norm exceeds max_head_norm.
 //
@@ -70,6 +72,9 @@ class QKClip {
     [[nodiscard]] index_t heads() const { return heads_; }
     // Whether max logits are waiting for the next step (logit mode).
     [[nodiscard]] bool reported() const { return reported_ != 0; }
+    // Logit mode: whether the last step that updated this tensor found no max logits reported
+    // for it (so it clipped nothing). Counted in ConstraintStats::tensors_without_logits.
+    [[nodiscard]] bool stepped_without_logits() const { return without_logits_; }
 
     // Logit mode: the largest attention logit of each head for this step, one value per head,
     // finite and >= 0, copied to backend memory and used by the next step only. Report the
@@ -139,6 +144,7 @@ class QKClip {
     std::vector<double> scales_;
     std::vector<index_t> clipped_;  // capacity heads
     bool seen_ = false;             // the last step looked at this tensor's heads
+    bool without_logits_ = false;   // the last step found no report (logit mode)
     double step_max_ = 0;           // largest value seen by the last step
   };
 
@@ -212,6 +218,7 @@ class QKClip {
   void retract(B& b, State<B>& s, O&, const MatrixParam<typename B::value_type>& p, Workspace<B>& ws) {
     s.clipped_.clear();
     s.seen_ = false;
+    s.without_logits_ = false;
     s.step_max_ = 0;
     if (!s.applies_) return;
     if (options_.mode == QKClipMode::logit)
@@ -223,6 +230,7 @@ class QKClip {
   // Adds this tensor's last step to the step result.
   template <class B>
   void report(const State<B>& s, ConstraintStats& stats) const {
+    stats.tensors_without_logits += s.without_logits_ ? 1 : 0;
     if (!s.seen_) return;
     stats.clipped_heads += s.clipped_.size();
     stats.max_head_value = std::max(stats.max_head_value, s.step_max_);
@@ -303,7 +311,10 @@ class QKClip {
   template <class B>
   void retract_logit(B& b, State<B>& s, const MatrixParam<typename B::value_type>& p, Workspace<B>& ws) {
     using T = typename B::value_type;
-    if (!s.reported_) return;
+    if (!s.reported_) {
+      s.without_logits_ = true;
+      return;
+    }
     s.reported_ = 0;
     b.copy_to_host(backend::MatrixView<const T>{s.max_logits_.data(), 1, 1, s.heads_}, s.host_logits_);
     b.synchronize();
@@ -366,7 +377,8 @@ namespace muon {
 // (logit mode): call it for the W_q and the W_k of a layer with the same values, or use the
 // pair overloads, which check both tensors before changing either. Throws muon::Error naming
 // the tensor when it is unknown, takes the fallback path, is not tagged query / key with heads,
-// or the values are bad (count != heads, negative, NaN / Inf).
+// or the values are bad (count != heads, negative, NaN / Inf), and, for a pair, when the query
+// and the key are one tensor (the same name, or two names of one tied tensor).
 template <class Opt>
   requires std::same_as<typename Opt::constraint_type, policy::QKClip>
 void set_max_logits(Opt& opt, ParamId id, std::span<const typename Opt::value_type> s) {
@@ -380,6 +392,9 @@ void set_max_logits(Opt& opt, const std::string& name, std::span<const typename 
 template <class Opt>
   requires std::same_as<typename Opt::constraint_type, policy::QKClip>
 void set_max_logits(Opt& opt, ParamId query, ParamId key, std::span<const typename Opt::value_type> s) {
+  if (query == key)
+    detail::fail_param(opt.name(query), "QKClip: given as both the query and the key of a pair; they must be two "
+                                        "tensors");
   auto& q = opt.constraint_state(query);
   auto& k = opt.constraint_state(key);
   q.check_max_logits(s);
@@ -391,7 +406,13 @@ template <class Opt>
   requires std::same_as<typename Opt::constraint_type, policy::QKClip>
 void set_max_logits(Opt& opt, const std::string& query, const std::string& key,
                     std::span<const typename Opt::value_type> s) {
-  set_max_logits(opt, opt.id(query), opt.id(key), s);
+  const ParamId q = opt.id(query), k = opt.id(key);
+  if (q == k)  // named here as the caller wrote it (the id overload knows the first name only)
+    detail::fail_param(query, (query == key ? std::string("QKClip: given as both the query and the key of a pair")
+                                            : "QKClip: given as the query of a pair whose key '" + key +
+                                                  "' is the same (tied) tensor") +
+                                  "; they must be two tensors");
+  set_max_logits(opt, q, k, s);
 }
 
 }  // namespace muon
