@@ -30,15 +30,13 @@
 #include "muon/policy/router/rank.hpp"
 #include "muon/policy/router/shape_role.hpp"
 
-#include "muon/optimizers/grokfast.hpp"
 #include "muon/optimizers/by_name.hpp"
+#include "muon/optimizers/fallback_alone.hpp"
+#include "muon/optimizers/grokfast.hpp"
 #include "muon/optimizers/manifold.hpp"
 #include "muon/optimizers/manifold_model.hpp"
 #include "muon/optimizers/muon.hpp"
 #include "muon/optimizers/presets.hpp"
-// After by_name.hpp: its make_optimizer names policy::AdamW / SGD / Lion through a
-// using-directive, which these aliases of the same names would make ambiguous.
-#include "muon/optimizers/fallback_alone.hpp"
 
 #include "muon/ops/orthogonalize.hpp"
 #include "muon/ops/qk_clip.hpp"

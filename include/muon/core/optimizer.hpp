@@ -101,6 +101,11 @@ struct StateBytes {
 
 }  // namespace detail
 
+namespace detail {
+template <class Opt>
+struct OptimizerCheckpoint;  // save / load (core/optimizer_checkpoint.hpp)
+}  // namespace detail
+
 template <class B, class Filter, class RouterT, class Orth, class Constr, class Fb>
 class Optimizer {
   static_assert(backend::Backend<B>,
@@ -352,51 +357,7 @@ class Optimizer {
   // Writes every tensor's state (and, if asked, its values), the step count, the learning rates
   // and the other hyperparameters, keyed by parameter name, with a checksum.
   void save(std::ostream& os, SaveOptions save_options = {}) {
-    detail::CheckpointWriter w;
-    w.put_raw(detail::k_checkpoint_magic, sizeof(detail::k_checkpoint_magic));
-    w.put(detail::k_checkpoint_version);
-    w.put(static_cast<std::uint32_t>(sizeof(T)));
-    w.put(static_cast<std::uint64_t>(steps_taken_));
-    w.put(options_.lr);
-    w.put(options_.momentum);
-    w.put(static_cast<std::uint8_t>(options_.nesterov));
-    w.put(options_.weight_decay);
-    w.put(static_cast<std::uint32_t>(options_.lr_adjust));
-    w.put(fallback_base_lr_);
-    w.put(static_cast<std::uint8_t>(save_options.parameters));
-    w.put(static_cast<std::uint64_t>(entries_.size()));
-    for (ParamId id = 0; id < entries_.size(); ++id) {
-      const Entry& e = entries_[id];
-      w.put_string(e.info.name);
-      w.put(static_cast<std::uint8_t>(e.path));
-      w.put(static_cast<std::uint32_t>(e.info.shape.rank()));
-      for (std::size_t d = 0; d < e.info.shape.rank(); ++d) w.put(static_cast<std::int64_t>(e.info.shape[d]));
-      w.put(e.options.lr_scale);
-      w.put(static_cast<std::uint8_t>(e.options.weight_decay.has_value()));
-      w.put(e.options.weight_decay.value_or(0.0));
-      if (save_options.parameters) {
-        const auto values = download_param(id);
-        w.put(static_cast<std::uint64_t>(values.size()));
-        w.put_array(values.data(), values.size());
-      }
-      std::uint32_t items = 0;
-      for_each_state_of(id, [&](const std::string&, auto&) { ++items; });
-      w.put(items);
-      for_each_state_of(id, [&](const std::string& key, auto& item) {
-        w.put_string(key);
-        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
-          w.put(std::uint8_t{1});
-          w.put(static_cast<std::uint64_t>(item));
-        } else {
-          const auto host = download(item);
-          w.put(std::uint8_t{0});
-          w.put(static_cast<std::uint8_t>(sizeof(typename decltype(host)::value_type)));
-          w.put(static_cast<std::uint64_t>(host.size()));
-          w.put_array(host.data(), host.size());
-        }
-      });
-    }
-    w.finish(os);
+    detail::OptimizerCheckpoint<Optimizer>::save(*this, os, save_options.parameters);
   }
 
   // Restores what save() wrote, all or nothing: the file is read and checked completely (format,
@@ -404,29 +365,15 @@ class Optimizer {
   // unknown tensors) before anything changes; on any mismatch it throws muon::Error and the
   // optimizer (and the parameters) stay exactly as they were. Restores the step count and both
   // learning rates (a schedule's current values); other hyperparameters stay as constructed.
-  void load(std::istream& is) { load_checkpoint(is, true); }
+  void load(std::istream& is) { detail::OptimizerCheckpoint<Optimizer>::load(*this, is, true); }
 
   // Every check load() makes, without loading: throws muon::Error where load() would, changes
   // nothing. (Model-level optimizers check every group's checkpoint before loading any.)
-  void validate_checkpoint(std::istream& is) { load_checkpoint(is, false); }
+  void validate_checkpoint(std::istream& is) { detail::OptimizerCheckpoint<Optimizer>::load(*this, is, false); }
 
   // More bytes than any checkpoint of this optimizer can hold: load() reads no further (a
   // stream that does not end is refused, not read until memory runs out).
-  std::size_t checkpoint_size_bound() {
-    std::size_t bytes = 1024;  // header, checksum and slack
-    for (ParamId id = 0; id < entries_.size(); ++id) {
-      const Entry& e = entries_[id];
-      std::size_t name = e.info.name.size();
-      for (const auto& a : e.aliases) name = std::max(name, a.size());
-      bytes += 64 + name + 8 * e.info.shape.rank() + static_cast<std::size_t>(e.info.shape.numel()) * sizeof(T);
-      for_each_state_of(id, [&](const std::string& key, auto& item) {
-        bytes += 32 + key.size();
-        if constexpr (!std::is_integral_v<std::remove_cvref_t<decltype(item)>>)
-          bytes += item.size() * sizeof(*item.data());
-      });
-    }
-    return bytes;
-  }
+  std::size_t checkpoint_size_bound() { return detail::OptimizerCheckpoint<Optimizer>::size_bound(*this); }
 
   // The names of the tensors whose gradient now holds NaN or Inf (one pass over the gradients
   // and one host read; nothing changes). Model-level optimizers use it to decide for all their
@@ -452,116 +399,7 @@ class Optimizer {
   }
 
  private:
-  // What load() accepts for a state item, from the policy that owns it (StateLimits).
-  detail::StateLimits state_limits(const std::string& key) const {
-    auto from = [&key](const auto& policy, std::string_view prefix) -> std::optional<detail::StateLimits> {
-      if (key.rfind(prefix, 0) != 0) return std::nullopt;
-      if constexpr (requires { policy.limits(std::string_view{}); })
-        return policy.limits(std::string_view(key).substr(prefix.size()));
-      return detail::StateLimits{};
-    };
-    if (key == "normuon/row_second_moment") return {.non_negative = true};
-    if (auto l = from(filter_, "filter/")) return *l;
-    if (auto l = from(constraint_, "constraint/")) return *l;
-    if (auto l = from(fallback_, "fallback/")) return *l;
-    return {};
-  }
-
-  void load_checkpoint(std::istream& is, bool commit) {
-    detail::CheckpointContents c = detail::read_checkpoint(is, sizeof(T), checkpoint_size_bound());
-    auto& staged = c.tensors;
-    const bool has_parameters = c.has_parameters;
-
-    // ---- match against what is registered (no change yet) ----
-    for (ParamId id = 0; id < entries_.size(); ++id) {
-      const Entry& e = entries_[id];
-      auto it = staged.find(e.info.name);
-      if (it == staged.end()) detail::fail_param(e.info.name, "missing from the checkpoint");
-      detail::CheckpointTensor& st = it->second;
-      st.matched = true;
-      if (!(st.shape == e.info.shape))
-        detail::fail_param(e.info.name, "checkpoint shape " + st.shape.to_string() + " differs from the registered " +
-                                            e.info.shape.to_string());
-      if (static_cast<Path>(st.path) != e.path)
-        detail::fail_param(e.info.name, "saved on the " + std::string(to_string(static_cast<Path>(st.path))) + " path, registered on the " +
-                                            std::string(to_string(e.path)) + " path");
-      std::size_t expected_items = 0;
-      for_each_state_of(id, [&](const std::string& key, auto& item) {
-        ++expected_items;
-        auto found = st.items.find(key);
-        if (found == st.items.end()) detail::fail_param(e.info.name, "state '" + key + "' is missing from the checkpoint");
-        const detail::CheckpointItem& saved = found->second;
-        const detail::StateLimits limits = state_limits(key);
-        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
-          using C = std::remove_cvref_t<decltype(item)>;
-          if (!saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a counter here, a buffer in the checkpoint");
-          if (saved.value > limits.max_counter || saved.value > static_cast<std::uint64_t>(std::numeric_limits<C>::max()))
-            detail::fail_param(e.info.name, "state '" + key + "' = " + std::to_string(saved.value) +
-                                                " in the checkpoint is out of range (at most " +
-                                                std::to_string(limits.max_counter) + ")");
-        } else {
-          using U = std::remove_cvref_t<decltype(*item.data())>;
-          if (saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a buffer here, a counter in the checkpoint");
-          if (saved.element_size != sizeof(U))
-            detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(8 * saved.element_size) +
-                                                "-bit elements in the checkpoint, " + std::to_string(8 * sizeof(U)) + "-bit here");
-          if (saved.value != item.size())
-            detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(saved.value) +
-                                                " elements in the checkpoint, " + std::to_string(item.size()) + " here");
-          if (limits.non_negative && !c.reader.template all_finite<U>(saved.at, item.size(), true))
-            detail::fail_param(e.info.name, "state '" + key + "' holds negative values in the checkpoint");
-        }
-      });
-      if constexpr (!FallbackWithRates<Fb, B>)
-        if (e.path == Path::fallback && ((st.lr_scale && *st.lr_scale != 1.0) || (st.weight_decay && *st.weight_decay)))
-          detail::fail_param(e.info.name, "the checkpoint sets a group lr_scale / weight_decay, which this fallback cannot apply");
-      if (expected_items != st.items.size())
-        detail::fail_param(e.info.name, "the checkpoint holds state this composition does not have (saved with other policies?)");
-      for (const auto& alias : e.aliases) staged.erase(alias);  // a tied tensor saved under one name only
-    }
-    for (const auto& [name, st] : staged)
-      if (!st.matched) detail::fail("checkpoint: tensor '" + name + "' is not registered with this optimizer");
-    // What will be applied, checked as it will be used: the fallback's lr, and the schedule at
-    // the next step (a schedule may reject a step count).
-    {
-      Fb probe = fallback_;
-      probe.set_lr(c.fallback_lr);
-      (void)options_.schedule(c.steps + 1);
-    }
-
-    if (!commit) return;
-    ensure_workspace();  // refreshing 16-bit copies below uses it
-    // ---- commit: nothing below can fail ----
-    for (ParamId id = 0; id < entries_.size(); ++id) {
-      Entry& e = entries_[id];
-      const detail::CheckpointTensor& st = staged.at(e.info.name);
-      if (st.lr_scale) e.options.lr_scale = *st.lr_scale;
-      if (st.weight_decay) e.options.weight_decay = *st.weight_decay;
-      if (has_parameters) {
-        std::vector<T> values(static_cast<std::size_t>(e.info.shape.numel()));
-        c.reader.read_array(st.params_at, values.data(), values.size());
-        upload_param(id, values);
-      }
-      for_each_state_of(id, [&](const std::string& key, auto& item) {
-        const detail::CheckpointItem& saved = st.items.at(key);
-        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
-          item = static_cast<std::remove_cvref_t<decltype(item)>>(saved.value);
-        } else {
-          using U = std::remove_cvref_t<decltype(*item.data())>;
-          std::vector<U> host(item.size());
-          c.reader.read_array(saved.at, host.data(), host.size());
-          upload(item, host);
-        }
-      });
-    }
-    steps_taken_ = c.steps;
-    options_.lr = c.lr;
-    fallback_.set_lr(c.fallback_lr);
-    fallback_base_lr_ = c.fallback_lr;
-    refresh_targets();
-    backend_.synchronize();
-  }
-
+  friend struct detail::OptimizerCheckpoint<Optimizer>;
   using T = value_type;
   using Buffer = typename B::template Buffer<T>;
 
@@ -1193,3 +1031,5 @@ class Optimizer {
 };
 
 }  // namespace muon
+
+#include "muon/core/optimizer_checkpoint.hpp"

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "muon/core/optimizer.hpp"
+#include "muon/optimizers/fallback_alone.hpp"
 #include "muon/optimizers/grokfast.hpp"
 #include "muon/optimizers/manifold.hpp"
 #include "muon/optimizers/muon.hpp"
@@ -398,18 +399,17 @@ class Handle final : public AnyOptimizer<typename Opt::backend_type> {
 template <backend::Backend B>
 [[nodiscard]] std::unique_ptr<AnyOptimizer<B>> make_optimizer(std::string_view name, const Config& config = {},
                                                               B backend = B{}) {
-  using namespace policy;
   const std::string kind(name);
   auto make = [&]<class Opt>(bool matrix_path) -> std::unique_ptr<AnyOptimizer<B>> {
     return std::make_unique<by_name_detail::Handle<Opt>>(
         kind, by_name_detail::options_from<Opt>(config, kind, matrix_path), std::move(backend));
   };
   if (name == "adamw")
-    return make.template operator()<Optimizer<B, NoFilter, FallbackOnlyRouter, NewtonSchulz, NoConstraint, AdamW>>(false);
+    return make.template operator()<AdamW<B>>(false);
   if (name == "sgd")
-    return make.template operator()<Optimizer<B, NoFilter, FallbackOnlyRouter, NewtonSchulz, NoConstraint, SGD>>(false);
+    return make.template operator()<SGD<B>>(false);
   if (name == "lion")
-    return make.template operator()<Optimizer<B, NoFilter, FallbackOnlyRouter, NewtonSchulz, NoConstraint, Lion>>(false);
+    return make.template operator()<Lion<B>>(false);
   if (name == "grokfast") return make.template operator()<Grokfast<B>>(false);
   if (name == "muon") return make.template operator()<Muon<B>>(true);
   if (name == "muon_sgd") return make.template operator()<MuonSGD<B>>(true);

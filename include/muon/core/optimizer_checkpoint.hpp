@@ -1,0 +1,221 @@
+#pragma once
+// Optimizer::save / load / validate_checkpoint: the checkpoint format (core/checkpoint.hpp)
+// applied to an optimizer's registered tensors, kept out of core/optimizer.hpp so that the
+// composition and its step read on their own. A friend of Optimizer.
+//
+// load() is all or nothing: the stream is read (header first, at most size_bound() bytes) and
+// checked completely before anything changes: format, checksum, every registered tensor present
+// with the same shape, path and state layout, no unknown tensors, and every value it would apply
+// (learning rates, step count, counters, group overrides, state and parameter values: finite,
+// in range, within the owning policy's StateLimits), and the fallback's lr and the schedule at
+// the next step as they will be used. Then it commits with operations that do not throw.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <istream>
+#include <limits>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "muon/core/checkpoint.hpp"
+#include "muon/core/concepts.hpp"
+#include "muon/core/error.hpp"
+#include "muon/core/param.hpp"
+#include "muon/core/registration.hpp"
+#include "muon/core/validate.hpp"
+
+namespace muon::detail {
+
+template <class Opt>
+struct OptimizerCheckpoint {
+  // Writes every tensor's state (and, if asked, its values), the step count, the learning rates,
+  // the groups and the other hyperparameters, keyed by parameter name, with a checksum.
+  static void save(Opt& o, std::ostream& os, bool parameters) {
+    using T = typename Opt::value_type;
+    detail::CheckpointWriter w;
+    w.put_raw(detail::k_checkpoint_magic, sizeof(detail::k_checkpoint_magic));
+    w.put(detail::k_checkpoint_version);
+    w.put(static_cast<std::uint32_t>(sizeof(T)));
+    w.put(static_cast<std::uint64_t>(o.steps_taken_));
+    w.put(o.options_.lr);
+    w.put(o.options_.momentum);
+    w.put(static_cast<std::uint8_t>(o.options_.nesterov));
+    w.put(o.options_.weight_decay);
+    w.put(static_cast<std::uint32_t>(o.options_.lr_adjust));
+    w.put(o.fallback_base_lr_);
+    w.put(static_cast<std::uint8_t>(parameters));
+    w.put(static_cast<std::uint64_t>(o.entries_.size()));
+    for (ParamId id = 0; id < o.entries_.size(); ++id) {
+      const RegisteredTensor& e = o.entries_[id];
+      w.put_string(e.info.name);
+      w.put(static_cast<std::uint8_t>(e.path));
+      w.put(static_cast<std::uint32_t>(e.info.shape.rank()));
+      for (std::size_t d = 0; d < e.info.shape.rank(); ++d) w.put(static_cast<std::int64_t>(e.info.shape[d]));
+      w.put(e.options.lr_scale);
+      w.put(static_cast<std::uint8_t>(e.options.weight_decay.has_value()));
+      w.put(e.options.weight_decay.value_or(0.0));
+      if (parameters) {
+        const auto values = o.download_param(id);
+        w.put(static_cast<std::uint64_t>(values.size()));
+        w.put_array(values.data(), values.size());
+      }
+      std::uint32_t items = 0;
+      o.for_each_state_of(id, [&](const std::string&, auto&) { ++items; });
+      w.put(items);
+      o.for_each_state_of(id, [&](const std::string& key, auto& item) {
+        w.put_string(key);
+        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+          w.put(std::uint8_t{1});
+          w.put(static_cast<std::uint64_t>(item));
+        } else {
+          const auto host = o.download(item);
+          w.put(std::uint8_t{0});
+          w.put(static_cast<std::uint8_t>(sizeof(typename decltype(host)::value_type)));
+          w.put(static_cast<std::uint64_t>(host.size()));
+          w.put_array(host.data(), host.size());
+        }
+      });
+    }
+    w.finish(os);
+    }
+
+  // More bytes than any checkpoint of this optimizer can hold: load() reads no further (a
+  // stream that does not end is refused, not read until memory runs out).
+  static std::size_t size_bound(Opt& o) {
+    using T = typename Opt::value_type;
+    std::size_t bytes = 1024;  // header, checksum and slack
+    for (ParamId id = 0; id < o.entries_.size(); ++id) {
+      const RegisteredTensor& e = o.entries_[id];
+      std::size_t name = e.info.name.size();
+      for (const auto& a : e.aliases) name = std::max(name, a.size());
+      bytes += 64 + name + 8 * e.info.shape.rank() + static_cast<std::size_t>(e.info.shape.numel()) * sizeof(T);
+      o.for_each_state_of(id, [&](const std::string& key, auto& item) {
+        bytes += 32 + key.size();
+        if constexpr (!std::is_integral_v<std::remove_cvref_t<decltype(item)>>)
+          bytes += item.size() * sizeof(*item.data());
+      });
+    }
+    return bytes;
+    }
+
+  // Reads and checks everything; with commit, then applies it.
+  static void load(Opt& o, std::istream& is, bool commit) {
+    using T = typename Opt::value_type;
+    using B = typename Opt::backend_type;
+    using Fb = typename Opt::fallback_type;
+    detail::CheckpointContents c = detail::read_checkpoint(is, sizeof(T), size_bound(o));
+    auto& staged = c.tensors;
+    const bool has_parameters = c.has_parameters;
+
+    // ---- match against what is registered (no change yet) ----
+    for (ParamId id = 0; id < o.entries_.size(); ++id) {
+      const RegisteredTensor& e = o.entries_[id];
+      auto it = staged.find(e.info.name);
+      if (it == staged.end()) detail::fail_param(e.info.name, "missing from the checkpoint");
+      detail::CheckpointTensor& st = it->second;
+      st.matched = true;
+      if (!(st.shape == e.info.shape))
+        detail::fail_param(e.info.name, "checkpoint shape " + st.shape.to_string() + " differs from the registered " +
+                                            e.info.shape.to_string());
+      if (static_cast<Path>(st.path) != e.path)
+        detail::fail_param(e.info.name, "saved on the " + std::string(to_string(static_cast<Path>(st.path))) + " path, registered on the " +
+                                            std::string(to_string(e.path)) + " path");
+      std::size_t expected_items = 0;
+      o.for_each_state_of(id, [&](const std::string& key, auto& item) {
+        ++expected_items;
+        auto found = st.items.find(key);
+        if (found == st.items.end()) detail::fail_param(e.info.name, "state '" + key + "' is missing from the checkpoint");
+        const detail::CheckpointItem& saved = found->second;
+        const detail::StateLimits limits = state_limits(o, key);
+        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+          using C = std::remove_cvref_t<decltype(item)>;
+          if (!saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a counter here, a buffer in the checkpoint");
+          if (saved.value > limits.max_counter || saved.value > static_cast<std::uint64_t>(std::numeric_limits<C>::max()))
+            detail::fail_param(e.info.name, "state '" + key + "' = " + std::to_string(saved.value) +
+                                                " in the checkpoint is out of range (at most " +
+                                                std::to_string(limits.max_counter) + ")");
+        } else {
+          using U = std::remove_cvref_t<decltype(*item.data())>;
+          if (saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a buffer here, a counter in the checkpoint");
+          if (saved.element_size != sizeof(U))
+            detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(8 * saved.element_size) +
+                                                "-bit elements in the checkpoint, " + std::to_string(8 * sizeof(U)) + "-bit here");
+          if (saved.value != item.size())
+            detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(saved.value) +
+                                                " elements in the checkpoint, " + std::to_string(item.size()) + " here");
+          if (limits.non_negative && !c.reader.template all_finite<U>(saved.at, item.size(), true))
+            detail::fail_param(e.info.name, "state '" + key + "' holds negative values in the checkpoint");
+        }
+      });
+      if constexpr (!FallbackWithRates<Fb, B>)
+        if (e.path == Path::fallback && ((st.lr_scale && *st.lr_scale != 1.0) || (st.weight_decay && *st.weight_decay)))
+          detail::fail_param(e.info.name, "the checkpoint sets a group lr_scale / weight_decay, which this fallback cannot apply");
+      if (expected_items != st.items.size())
+        detail::fail_param(e.info.name, "the checkpoint holds state this composition does not have (saved with other policies?)");
+      for (const auto& alias : e.aliases) staged.erase(alias);  // a tied tensor saved under one name only
+    }
+    for (const auto& [name, st] : staged)
+      if (!st.matched) detail::fail("checkpoint: tensor '" + name + "' is not registered with this optimizer");
+    // What will be applied, checked as it will be used: the fallback's lr, and the schedule at
+    // the next step (a schedule may reject a step count).
+    {
+      Fb probe = o.fallback_;
+      probe.set_lr(c.fallback_lr);
+      (void)o.options_.schedule(c.steps + 1);
+    }
+
+    if (!commit) return;
+    o.ensure_workspace();  // refreshing 16-bit copies below uses it
+    // ---- commit: nothing below can fail ----
+    for (ParamId id = 0; id < o.entries_.size(); ++id) {
+      RegisteredTensor& e = o.entries_[id];
+      const detail::CheckpointTensor& st = staged.at(e.info.name);
+      if (st.lr_scale) e.options.lr_scale = *st.lr_scale;
+      if (st.weight_decay) e.options.weight_decay = *st.weight_decay;
+      if (has_parameters) {
+        std::vector<T> values(static_cast<std::size_t>(e.info.shape.numel()));
+        c.reader.read_array(st.params_at, values.data(), values.size());
+        o.upload_param(id, values);
+      }
+      o.for_each_state_of(id, [&](const std::string& key, auto& item) {
+        const detail::CheckpointItem& saved = st.items.at(key);
+        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+          item = static_cast<std::remove_cvref_t<decltype(item)>>(saved.value);
+        } else {
+          using U = std::remove_cvref_t<decltype(*item.data())>;
+          std::vector<U> host(item.size());
+          c.reader.read_array(saved.at, host.data(), host.size());
+          o.upload(item, host);
+        }
+      });
+    }
+    o.steps_taken_ = c.steps;
+    o.options_.lr = c.lr;
+    o.fallback_.set_lr(c.fallback_lr);
+    o.fallback_base_lr_ = c.fallback_lr;
+    o.refresh_targets();
+    o.backend_.synchronize();
+    }
+
+ private:
+  // What load() accepts for a state item, from the policy that owns it (StateLimits).
+  static StateLimits state_limits(const Opt& o, const std::string& key) {
+    auto from = [&key](const auto& policy, std::string_view prefix) -> std::optional<detail::StateLimits> {
+      if (key.rfind(prefix, 0) != 0) return std::nullopt;
+      if constexpr (requires { policy.limits(std::string_view{}); })
+        return policy.limits(std::string_view(key).substr(prefix.size()));
+      return detail::StateLimits{};
+    };
+    if (key == "normuon/row_second_moment") return {.non_negative = true};
+    if (auto l = from(o.filter_, "filter/")) return *l;
+    if (auto l = from(o.constraint_, "constraint/")) return *l;
+    if (auto l = from(o.fallback_, "fallback/")) return *l;
+    return {};
+    }
+};
+
+}  // namespace muon::detail
