@@ -73,7 +73,8 @@ struct Frozen {
   }
 };
 
-std::string saved(Opt& opt, bool parameters = true) {
+template <class O>
+std::string saved(O& opt, bool parameters = true) {
   std::ostringstream os;
   opt.save(os, {.parameters = parameters});
   return os.str();
@@ -364,3 +365,35 @@ TEST_CASE("checkpoint streams: header first, bounded, every failure a muon::Erro
   }
   CHECK(Frozen(m) == before);
 }
+
+TEST_CASE("checkpoint: QK-Clip's stored max logits must be >= 0", "[checkpoint][bad_input][qk_clip]") {
+  using Clip = muon::MuonClip<muon::backend::Eigen<T>>;
+  auto model = [](Clip& opt, Mat& q, Mat& k, Mat& gq, Mat& gk) {
+    q = Mat::Constant(8, 6, 0.1f);
+    k = Mat::Constant(8, 6, 0.2f);
+    gq = Mat::Constant(8, 6, 0.01f);
+    gk = Mat::Constant(8, 6, 0.02f);
+    opt.add("q", q, gq, {.role = muon::Role::query, .heads = 2});
+    opt.add("k", k, gk, {.role = muon::Role::key, .heads = 2});
+  };
+  Mat q, k, gq, gk, q2, k2, gq2, gk2;
+  Clip source, target;
+  model(source, q, k, gq, gk);
+  model(target, q2, k2, gq2, gk2);
+  const std::vector<T> logits{50.0f, 200.0f};
+  muon::set_max_logits(source, "q", "k", std::span<const T>(logits));
+  std::string bytes = saved(source);
+  const std::string key = "constraint/max_logits";
+  const auto at = bytes.find(key);
+  REQUIRE(at != std::string::npos);
+  const std::size_t size_at = at + key.size() + 1;  // after the kind byte: u8 element size
+  REQUIRE(static_cast<unsigned char>(bytes[size_at]) == sizeof(T));
+  const T negative = -1.0f;
+  std::memcpy(bytes.data() + size_at + 1 + 8, &negative, sizeof(T));
+  put_checksum(bytes);
+  const auto before = target.state_snapshot();
+  std::istringstream is(bytes);
+  CHECK_THROWS_WITH(target.load(is), Catch::Contains("negative"));
+  CHECK(target.state_snapshot() == before);
+}
+

@@ -146,3 +146,30 @@ TEST_CASE("group errors name the parameter and change nothing", "[param_groups][
   plain.add("w", w, gw, {.lr_scale = 2.0});  // the matrix path always can
   CHECK(plain.size() == 1);
 }
+
+TEST_CASE("groups by name: a handle steps as the typed optimizer", "[param_groups][by_name]") {
+  using T = float;
+  Mat<T> w(4, 6), gw(4, 6), w2(4, 6);
+  Vec<T> b(4), gb(4), b2(4);
+  fill(w, 0.0);
+  fill(b, 0.5);
+  fill(gw, 1.0);
+  fill(gb, 2.0);
+  w2 = w;
+  b2 = b;
+  auto handle = muon::make_optimizer<muon::backend::Eigen<T>>("muon");
+  Opt<T> typed;
+  handle->add("w", w, gw, {.lr_scale = 0.25});
+  handle->add("b", b, gb, {.role = muon::Role::bias, .lr_scale = 4.0, .weight_decay = 0.0});
+  typed.add("w", w2, gw, {.lr_scale = 0.25});
+  typed.add("b", b2, gb, {.role = muon::Role::bias, .lr_scale = 4.0, .weight_decay = 0.0});
+  for (int t = 0; t < 3; ++t) {
+    handle->step();
+    typed.step();
+  }
+  CHECK(w == w2);
+  CHECK(b == b2);
+  handle->set_param_group("b", 1.0);
+  CHECK(handle->routing_report().entries[1].group().empty());
+  CHECK_THROWS_WITH(handle->set_param_group("nope", 1.0), Catch::Contains("no parameter named 'nope'"));
+}

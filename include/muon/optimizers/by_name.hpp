@@ -34,6 +34,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <span>
 #include <string>
@@ -123,6 +124,8 @@ class AnyOptimizer {
   virtual void set_max_logits(const std::string& name, std::span<const value_type> max_logits) = 0;
   virtual void set_max_logits(const std::string& query, const std::string& key,
                               std::span<const value_type> max_logits) = 0;
+  // A tensor's parameter group (ParamOptions::lr_scale / weight_decay), as on the typed optimizer.
+  virtual void set_param_group(const std::string& name, double lr_scale, std::optional<double> weight_decay = std::nullopt) = 0;
   // The name it was made from ("muon_grokfast", ...).
   [[nodiscard]] virtual const std::string& kind() const = 0;
 };
@@ -359,6 +362,9 @@ class Handle final : public AnyOptimizer<typename Opt::backend_type> {
   void set_lr(double lr) override { opt_.set_lr(lr); }
   double fallback_lr() const override { return opt_.fallback_lr(); }
   void set_fallback_lr(double lr) override { opt_.set_fallback_lr(lr); }
+  void set_param_group(const std::string& name, double lr_scale, std::optional<double> weight_decay) override {
+    opt_.set_param_group(opt_.id(name), lr_scale, weight_decay);
+  }
   std::uint64_t steps_taken() const override { return opt_.steps_taken(); }
   void save(std::ostream& os, bool parameters) override { opt_.save(os, {.parameters = parameters}); }
   void load(std::istream& is) override { opt_.load(is); }

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "muon/backend/concept.hpp"
@@ -159,6 +160,11 @@ class QKClip {
       detail::fail("QKClip: option 'alpha' must be in [0, 1], got " + detail::format_value(options_.alpha));
   }
   [[nodiscard]] const Options& options() const { return options_; }
+  // What load() accepts: max logits >= 0 (as set_max_logits requires) and a 0 / 1 flag.
+  [[nodiscard]] static detail::StateLimits limits(std::string_view key) {
+    if (key == "reported") return {.max_counter = 1};
+    return {.non_negative = key == "max_logits"};
+  }
 
   // Whether the clip acts on a tensor registered with this info.
   [[nodiscard]] static bool acts_on(const ParamInfo& info) {
