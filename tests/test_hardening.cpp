@@ -111,6 +111,23 @@ TEST_CASE("finite gradients near the float maximum give finite parameters", "[ha
     const auto state = adamw.state_snapshot();
     for (double v : state.at("a/fallback/exp_avg_sq")) CHECK(std::isfinite(v));
   }
+  SECTION("a learning rate beyond the float range (schedule x group scale)") {
+    Mat w(4, 6), b(4, 1), gb(4, 1);
+    fill(w, 0.0);
+    fill(b, 1.0);
+    fill(gb, 2.0);
+    // The schedule alone: refused before anything changes.
+    muon::Muon<B> wild({.schedule = muon::Schedule::custom([](std::uint64_t) { return 1e300; })});
+    Mat w0 = w;
+    wild.add("w", w0, g);
+    CHECK_THROWS_WITH(wild.step(), Catch::Contains("beyond the float range"));
+    CHECK(w0 == w);
+    // Within range, times a group scale and the shape factor past it: used as FLT_MAX.
+    muon::Muon<B> opt({.weight_decay = 0.1, .schedule = muon::Schedule::custom([](std::uint64_t) { return 1e30; })});
+    opt.add("w", w, g, {.lr_scale = 1e30});
+    opt.add("b", b, gb, {.role = muon::Role::bias, .lr_scale = 1e30});
+    run(opt, w, b);
+  }
   SECTION("parameters near the float maximum") {
     Mat w = Mat::Constant(4, 6, -k_max);
     muon::Muon<B> opt({.lr = 1e37});
@@ -223,4 +240,24 @@ TEST_CASE("a load that fails late changes nothing: ManifoldModel and single opti
   CHECK(w2 == w2_before);
   CHECK(target.state_snapshot() == state_before);
   CHECK(target.steps_taken() == 0);
+}
+
+TEST_CASE("a 16-bit parameter is written saturated, never Inf from a finite master", "[hardening][master_weights]") {
+  std::vector<muon::float16> h(24);
+  std::vector<muon::bfloat16> hb(24);
+  std::vector<T> g(24, 1.0f);
+  // Encoding alone: finite values past the format's range give its largest finite value.
+  CHECK(muon::detail::encode16(muon::ElementFormat::fp16, 1e6f) == 0x7bff);
+  CHECK(muon::detail::encode16(muon::ElementFormat::fp16, -1e6f) == 0xfbff);
+  CHECK(muon::detail::encode16(muon::ElementFormat::bf16, k_max) == 0x7f7f);
+  CHECK(muon::detail::encode16(muon::ElementFormat::bf16, 1e300) == 0x7f7f);
+  CHECK(muon::detail::encode16(muon::ElementFormat::fp16, std::numeric_limits<T>::infinity()) == 0x7c00);
+  CHECK((muon::detail::encode16(muon::ElementFormat::fp16, std::numeric_limits<T>::quiet_NaN()) & 0x7fff) > 0x7c00);
+  // Through a step: an fp16 weight at its largest finite value pushed past it by the update.
+  for (auto& x : h) x = muon::float16{0x7bff};
+  muon::Muon<B> opt({.lr = 1000.0});
+  opt.add("w", muon::raw(h.data(), {4, 6}), muon::raw(static_cast<const T*>(g.data()), {4, 6}));
+  for (auto& x : g) x = -1.0f;
+  opt.step();
+  for (auto& x : h) CHECK((x.bits & 0x7fff) <= 0x7bff);
 }

@@ -7,6 +7,10 @@
 
 namespace muon::fn {
 
+// The value type's largest finite value (host side; functors carry it to the device).
+template <class T>
+inline constexpr T k_largest = std::numeric_limits<T>::max();
+
 // x clamped to [-max, max], max = the type's largest finite value: where finite inputs overflow
 // (a gradient near the float maximum, amplified or squared) the result keeps its sign and stays
 // finite instead of becoming Inf, so no parameter turns non-finite from finite input. NaN stays
@@ -16,8 +20,15 @@ template <class T>
 MUON_HOST_DEVICE T saturate(T x, T max) {
   return x > max ? max : (x < -max ? -max : x);
 }
+
+// A coefficient computed in double (lr x factors), converted to the value type without becoming
+// Inf: a learning rate that is finite but beyond T's range (a schedule multiplier x lr_scale x
+// adj) is used as T's largest value.
 template <class T>
-inline constexpr T k_largest = std::numeric_limits<T>::max();
+T saturate_cast(double v) {
+  const double max = static_cast<double>(k_largest<T>);
+  return static_cast<T>(v > max ? max : (v < -max ? -max : v));
+}
 
 // out = saturate(x).
 template <class T>

@@ -108,8 +108,21 @@ MUON_HOST_DEVICE inline std::uint16_t float_to_fp16(float f) {
 MUON_HOST_DEVICE inline float decode16(ElementFormat f, std::uint16_t h) {
   return f == ElementFormat::bf16 ? bf16_to_float(h) : fp16_to_float(h);
 }
-MUON_HOST_DEVICE inline std::uint16_t encode16(ElementFormat f, float v) {
-  return f == ElementFormat::bf16 ? float_to_bf16(v) : float_to_fp16(v);
+// Encoding writes the user's 16-bit parameter from its master copy, so it saturates: a finite
+// master beyond the format's range (65504 for fp16; FLT_MAX rounds past bf16's largest) becomes
+// the largest finite value of its sign, not Inf. NaN and Inf stay what they are.
+template <class V>
+MUON_HOST_DEVICE std::uint16_t encode16(ElementFormat f, V v) {
+  const bool finite = v - v == V(0);
+  V c = v;
+  if constexpr (sizeof(V) > sizeof(float)) {  // a double beyond float's range: clamp before the cast
+    const V m = V(3.4028234663852886e38);
+    c = c > m ? m : (c < -m ? -m : c);
+  }
+  const float x = static_cast<float>(c);
+  const std::uint16_t h = f == ElementFormat::bf16 ? float_to_bf16(x) : float_to_fp16(x);
+  if (!finite || (h & 0x7fffu) != (f == ElementFormat::bf16 ? 0x7f80u : 0x7c00u)) return h;
+  return static_cast<std::uint16_t>((h & 0x8000u) | (f == ElementFormat::bf16 ? 0x7f7fu : 0x7bffu));
 }
 
 }  // namespace detail

@@ -52,7 +52,7 @@ struct StoreParam {
     if (format == ElementFormat::value)
       static_cast<T*>(dst)[k] = x;
     else
-      static_cast<std::uint16_t*>(dst)[k] = encode16(format, static_cast<float>(x));
+      static_cast<std::uint16_t*>(dst)[k] = encode16(format, x);
     return x;
   }
 };
@@ -71,7 +71,7 @@ struct StoreQuantized {
     if (format == ElementFormat::value)
       static_cast<T*>(dst)[k] = q;
     else
-      static_cast<std::uint16_t*>(dst)[k] = encode16(format, static_cast<float>(q));
+      static_cast<std::uint16_t*>(dst)[k] = encode16(format, q);
     return x;
   }
 };

@@ -203,6 +203,9 @@ class Optimizer {
     // The last result's skipped list views skipped_: only a step may move it (add() must not).
     if (skipped_.capacity() < entries_.size()) skipped_.reserve(entries_.size());
     const double multiplier = options_.schedule(steps_taken_ + 1);
+    if (options_.lr * multiplier > detail::k_max_option_value || fallback_base_lr_ * multiplier > detail::k_max_option_value)
+      detail::fail("Optimizer::step: the schedule's multiplier " + detail::format_value(multiplier) +
+                   " at step " + std::to_string(steps_taken_ + 1) + " takes a learning rate beyond the float range");
     ensure_workspace();
     check_gradients(step_options.inv_scale);  // throws under NonFinitePolicy::throw_error
     inv_scale_ = step_options.inv_scale;
@@ -955,7 +958,7 @@ class Optimizer {
                              options_.normuon_eps);
     const ParamOptions& group = entries_[s.id].options;
     const double decay = 1.0 - lr_now_ * group.lr_scale * group.weight_decay.value_or(options_.weight_decay);
-    b.transform(s.w, detail::ApplyUpdate<T>{static_cast<T>(decay), static_cast<T>(param.lr)}, s.w, u);
+    b.transform(s.w, detail::ApplyUpdate<T>{fn::saturate_cast<T>(decay), fn::saturate_cast<T>(param.lr)}, s.w, u);
     if (options_.enable_constraint) {
       constraint_.retract(b, s.constraint, orth_, param, l.ws);
       // Optional: a constraint that reports adds its numbers to the step result.

@@ -87,8 +87,8 @@ class AdamW {
     b.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.beta1)}, m, gf);
     b.transform(v, EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, v, gf);
     b.transform(wf,
-                Update<T>{static_cast<T>(1.0 - rates.lr * rates.weight_decay),
-                          static_cast<T>(rates.lr / bias1), static_cast<T>(std::sqrt(bias2)),
+                Update<T>{fn::saturate_cast<T>(1.0 - rates.lr * rates.weight_decay),
+                          fn::saturate_cast<T>(rates.lr / bias1), static_cast<T>(std::sqrt(bias2)),
                           static_cast<T>(options_.eps)},
                 wf, m, v);
     s.step = t;

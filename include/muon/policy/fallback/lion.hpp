@@ -74,7 +74,7 @@ class Lion {
     // momentum from before this step; then the momentum. (One pass would need a transform with
     // two outputs, which the backend concept does not have.)
     b.transform(wf,
-                Update<T>{static_cast<T>(1.0 - rates.lr * rates.weight_decay), static_cast<T>(rates.lr),
+                Update<T>{fn::saturate_cast<T>(1.0 - rates.lr * rates.weight_decay), fn::saturate_cast<T>(rates.lr),
                           static_cast<T>(options_.beta1), static_cast<T>(1.0 - options_.beta1)},
                 wf, m, gf);
     b.transform(m, Ema<T>{static_cast<T>(options_.beta2), static_cast<T>(1.0 - options_.beta2)}, m, gf);

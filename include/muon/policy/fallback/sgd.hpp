@@ -74,7 +74,7 @@ class SGD {
     using T = typename B::value_type;
     const auto wf = w.flat();
     const auto gf = g.flat();
-    const T lr = static_cast<T>(rates.lr), wd = static_cast<T>(rates.weight_decay);
+    const T lr = fn::saturate_cast<T>(rates.lr), wd = fn::saturate_cast<T>(rates.weight_decay);
     if (options_.momentum == 0) {
       b.transform(wf, Plain<T>{lr, wd}, wf, gf);
     } else {
