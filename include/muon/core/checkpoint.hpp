@@ -285,9 +285,9 @@ inline CheckpointContents read_checkpoint(std::istream& is, std::size_t value_si
     std::string name = r.get_string();
     CheckpointTensor t;
     t.path = r.get<std::uint8_t>();
-    if (t.path > 1) fail("checkpoint: tensor '" + name + "' has an invalid path code");
+    if (t.path > 1) fail("checkpoint: tensor " + shown_value(name) + " has an invalid path code");
     const auto rank = r.get<std::uint32_t>();
-    if (rank > Shape::max_rank) fail("checkpoint: tensor '" + name + "' has rank " + std::to_string(rank));
+    if (rank > Shape::max_rank) fail("checkpoint: tensor " + shown_value(name) + " has rank " + std::to_string(rank));
     std::array<index_t, Shape::max_rank> dims{};
     for (std::uint32_t d = 0; d < rank; ++d) dims[d] = static_cast<index_t>(r.get<std::int64_t>());
     t.shape = make_shape(dims, rank);
@@ -295,7 +295,7 @@ inline CheckpointContents read_checkpoint(std::istream& is, std::size_t value_si
     for (std::uint32_t d = 0; d < rank; ++d) {
       if (dims[d] < 0 || (dims[d] != 0 && numel > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()) /
                                                        static_cast<std::uint64_t>(dims[d])))
-        fail("checkpoint: tensor '" + name + "' has an invalid shape");
+        fail("checkpoint: tensor " + shown_value(name) + " has an invalid shape");
       numel *= static_cast<std::uint64_t>(dims[d]);
     }
     if (r.version() >= 2) {
@@ -303,17 +303,17 @@ inline CheckpointContents read_checkpoint(std::istream& is, std::size_t value_si
       const bool has_wd = r.get<std::uint8_t>() != 0;
       const double wd = r.get<double>();
       if (!rate(*t.lr_scale) || (has_wd && !rate(wd)))
-        fail("checkpoint: tensor '" + name + "' has an invalid group lr_scale or weight_decay");
+        fail("checkpoint: tensor " + shown_value(name) + " has an invalid group lr_scale or weight_decay");
       t.weight_decay = has_wd ? std::optional<double>(wd) : std::nullopt;
     }
     if (c.has_parameters) {
       const auto n = r.get<std::uint64_t>();
       if (n != numel)
-        fail("checkpoint: tensor '" + name + "' stores " + std::to_string(n) + " values for shape " +
+        fail("checkpoint: tensor " + shown_value(name) + " stores " + std::to_string(n) + " values for shape " +
              t.shape.to_string());
       t.params_at = r.skip_array(n, value_size);
       const bool finite = value_size == 4 ? r.all_finite<float>(t.params_at, n, false) : r.all_finite<double>(t.params_at, n, false);
-      if (!finite) fail("checkpoint: tensor '" + name + "' stores non-finite parameter values");
+      if (!finite) fail("checkpoint: tensor " + shown_value(name) + " stores non-finite parameter values");
     }
     const auto items = r.get<std::uint32_t>();
     for (std::uint32_t k = 0; k < items; ++k) {
@@ -324,22 +324,23 @@ inline CheckpointContents read_checkpoint(std::istream& is, std::size_t value_si
         item.counter = true;
         item.value = r.get<std::uint64_t>();
         if (item.value >= k_max_counter)
-          fail("checkpoint: tensor '" + name + "', counter '" + key + "' is out of range (" + std::to_string(item.value) + ")");
+          fail("checkpoint: tensor " + shown_value(name) + ", counter " + shown_value(key) + " is out of range (" + std::to_string(item.value) + ")");
       } else if (kind == 0) {
         item.element_size = r.get<std::uint8_t>();
         item.value = r.get<std::uint64_t>();
         if (item.element_size != 4 && item.element_size != 8)
-          fail("checkpoint: tensor '" + name + "', state '" + key + "' has an invalid element size");
+          fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " has an invalid element size");
         item.at = r.skip_array(item.value, item.element_size);
         const bool finite = item.element_size == 4 ? r.all_finite<float>(item.at, item.value, false)
                                                    : r.all_finite<double>(item.at, item.value, false);
-        if (!finite) fail("checkpoint: tensor '" + name + "', state '" + key + "' holds non-finite values");
+        if (!finite) fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " holds non-finite values");
       } else {
-        fail("checkpoint: tensor '" + name + "', state '" + key + "' has an invalid kind");
+        fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " has an invalid kind");
       }
-      t.items.emplace(std::move(key), item);
+      if (!t.items.emplace(key, item).second)
+        fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " appears twice");
     }
-    if (!c.tensors.emplace(name, std::move(t)).second) fail("checkpoint: tensor '" + name + "' appears twice");
+    if (!c.tensors.emplace(name, std::move(t)).second) fail("checkpoint: tensor " + shown_value(name) + " appears twice");
   }
   if (!r.at_end()) fail("checkpoint: unexpected bytes after the last tensor");
   return c;

@@ -159,7 +159,7 @@ struct OptimizerCheckpoint {
       for (const auto& alias : e.aliases) staged.erase(alias);  // a tied tensor saved under one name only
     }
     for (const auto& [name, st] : staged)
-      if (!st.matched) detail::fail("checkpoint: tensor '" + name + "' is not registered with this optimizer");
+      if (!st.matched) detail::fail("checkpoint: tensor " + detail::shown_value(name) + " is not registered with this optimizer");
     // What will be applied, checked as it will be used: the fallback's lr, and the schedule at
     // the next step (a schedule may reject a step count).
     {

@@ -11,6 +11,14 @@
 
 namespace muon::detail {
 
+// A value as an error message shows it: at most 40 characters (a huge value is cut, with its
+// length said). Text from outside (config values, names read from a checkpoint) goes through it.
+inline std::string shown_value(const std::string& text) {
+  constexpr std::size_t k_max = 40;
+  if (text.size() <= k_max) return "'" + text + "'";
+  return "'" + text.substr(0, k_max) + "...' (" + std::to_string(text.size()) + " characters)";
+}
+
 inline std::string format_value(double v) {
   std::ostringstream os;
   os << v;

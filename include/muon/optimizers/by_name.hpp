@@ -57,13 +57,6 @@ namespace muon {
 using Config = std::map<std::string, std::string, std::less<>>;
 
 namespace detail {
-// A value as an error message shows it: at most 40 characters (a huge value is cut, with its
-// length said).
-inline std::string shown_value(const std::string& text) {
-  constexpr std::size_t k_max = 40;
-  if (text.size() <= k_max) return "'" + text + "'";
-  return "'" + text.substr(0, k_max) + "...' (" + std::to_string(text.size()) + " characters)";
-}
 
 }  // namespace detail
 
