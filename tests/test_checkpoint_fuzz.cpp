@@ -397,3 +397,129 @@ TEST_CASE("checkpoint: QK-Clip's stored max logits must be >= 0", "[checkpoint][
   CHECK(target.state_snapshot() == before);
 }
 
+
+namespace {
+
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// A ManifoldModel with one tensor in each group, small enough to load every damaged variant.
+struct Model4 {
+  RowMat qkv = RowMat::Zero(8, 4), gqkv = RowMat::Zero(8, 4);
+  RowMat embed = RowMat::Zero(6, 4), gembed = RowMat::Zero(6, 4);
+  RowMat gate = RowMat::Zero(3, 4), ggate = RowMat::Zero(3, 4);
+  Vec norm = Vec::Ones(4), gnorm = Vec::Zero(4);
+  muon::ManifoldModel<muon::backend::Eigen<T>> opt{{.threads = 1}};
+  Model4() {
+    for (Eigen::Index i = 0; i < qkv.size(); ++i) qkv.data()[i] = static_cast<T>(std::sin(0.3 * static_cast<double>(i)));
+    for (Eigen::Index i = 0; i < embed.size(); ++i) embed.data()[i] = static_cast<T>(std::cos(0.2 * static_cast<double>(i)));
+    for (Eigen::Index i = 0; i < gate.size(); ++i) gate.data()[i] = static_cast<T>(std::sin(0.9 * static_cast<double>(i)));
+    opt.add("qkv", qkv, gqkv);
+    opt.add("embed", embed, gembed, {.role = muon::Role::embedding});
+    opt.add("gate", gate, ggate, {.role = muon::Role::router_gate});
+    opt.add("norm", norm, gnorm, {.role = muon::Role::norm});
+  }
+  void train(int from, int to) {
+    for (int t = from; t < to; ++t) {
+      auto f = [t](Eigen::Index i) { return static_cast<T>(std::sin(1.3 * t + 0.17 * static_cast<double>(i))); };
+      for (Eigen::Index i = 0; i < gqkv.size(); ++i) gqkv.data()[i] = f(i);
+      for (Eigen::Index i = 0; i < gembed.size(); ++i) gembed.data()[i] = f(i + 5);
+      for (Eigen::Index i = 0; i < ggate.size(); ++i) ggate.data()[i] = f(i + 9);
+      for (Eigen::Index i = 0; i < gnorm.size(); ++i) gnorm.data()[i] = f(i + 2);
+      REQUIRE(opt.step().all_applied());
+    }
+  }
+  // Everything load() may change, as one comparable value.
+  [[nodiscard]] std::vector<double> frozen() {
+    std::vector<double> v{static_cast<double>(opt.steps_taken())};
+    for (const auto* m : {&qkv, &embed, &gate}) v.insert(v.end(), m->data(), m->data() + m->size());
+    v.insert(v.end(), norm.data(), norm.data() + norm.size());
+    auto add = [&v](auto& g) {
+      for (const auto& [key, values] : g.state_snapshot()) v.insert(v.end(), values.begin(), values.end());
+      v.push_back(g.steps_taken());
+      v.push_back(g.lr());
+      v.push_back(g.fallback_lr());
+    };
+    add(opt.stiefel());
+    add(opt.embeddings());
+    add(opt.router_gates());
+    add(opt.norms());
+    return v;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("checkpoint fuzz: ManifoldModel containers are all or nothing across groups", "[checkpoint][fuzz][manifold_model]") {
+  Model4 source;
+  source.train(0, 3);
+  std::ostringstream os;
+  source.opt.save(os, {.parameters = true});
+  const std::string good = os.str();
+  Model4 target;
+  target.train(0, 1);
+  const auto before = target.frozen();
+
+  auto rejected = [&](const std::string& bytes) {
+    std::istringstream is(bytes);
+    try {
+      target.opt.load(is);
+    } catch (const muon::Error&) {
+      return target.frozen() == before;
+    }
+    return false;
+  };
+  SECTION("every truncation") {
+    for (std::size_t cut = 0; cut < good.size(); cut += 3) CHECK(rejected(good.substr(0, cut)));
+  }
+  SECTION("every single-bit flip of a group's bytes, container checksum recomputed") {
+    // A group's own checksum must stop it, and no group before it may have been loaded.
+    std::size_t pos = 8 + 4 + 8 + 4, flips = 0;
+    for (int group = 0; group < 4; ++group) {
+      std::uint32_t len = 0;
+      std::memcpy(&len, good.data() + pos, 4);
+      pos += 4 + len;
+      std::uint64_t size = 0;
+      std::memcpy(&size, good.data() + pos, 8);
+      pos += 8;
+      for (std::size_t i = pos; i < pos + size; i += 5, ++flips) {
+        std::string bad = good;
+        bad[i] = static_cast<char>(bad[i] ^ (1 << (i % 8)));
+        put_checksum(bad);
+        CHECK(rejected(bad));
+      }
+      pos += size;
+    }
+    CHECK(flips > 200);
+  }
+  SECTION("the last group's fallback lr set to +Inf, both checksums recomputed") {
+    std::string bad = good;
+    std::size_t pos = 8 + 4 + 8 + 4;
+    std::size_t last_at = 0, last_size = 0;
+    for (int group = 0; group < 4; ++group) {
+      std::uint32_t len = 0;
+      std::memcpy(&len, bad.data() + pos, 4);
+      const std::string name = bad.substr(pos + 4, len);
+      pos += 4 + len;
+      std::uint64_t size = 0;
+      std::memcpy(&size, bad.data() + pos, 8);
+      pos += 8;
+      if (name == "norms") last_at = pos, last_size = size;
+      pos += size;
+    }
+    REQUIRE(last_size > 0);
+    std::string blob = bad.substr(last_at, last_size);
+    const double inf = std::numeric_limits<double>::infinity();
+    std::memcpy(blob.data() + 8 + 4 + 4 + 8 + 8 + 8 + 1 + 8 + 4, &inf, sizeof(double));  // fallback_lr
+    put_checksum(blob);
+    bad.replace(last_at, last_size, blob);
+    put_checksum(bad);
+    std::istringstream is(bad);
+    CHECK_THROWS_WITH(target.opt.load(is), Catch::Contains("group 'norms'"));
+    CHECK(target.frozen() == before);
+  }
+  SECTION("the good file loads") {
+    std::istringstream is(good);
+    target.opt.load(is);
+    CHECK(target.opt.steps_taken() == 3);
+  }
+}
