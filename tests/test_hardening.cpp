@@ -261,3 +261,16 @@ TEST_CASE("a 16-bit parameter is written saturated, never Inf from a finite mast
   opt.step();
   for (auto& x : h) CHECK((x.bits & 0x7fff) <= 0x7bff);
 }
+
+TEST_CASE("constraint state is readable through a const optimizer", "[hardening][api]") {
+  Mat q(8, 6), gq(8, 6);
+  fill(q, 0.0);
+  fill(gq, 1.0);
+  muon::MuonClip<B> opt;
+  const auto id = opt.add("q", q, gq, {.role = muon::Role::query, .heads = 2});
+  const auto& view = opt;
+  const auto& state = view.constraint_state(id);
+  CHECK_FALSE(state.reported());
+  CHECK_THROWS_WITH(view.constraint_state(id + 1), Catch::Contains("no parameter with id 1 (1 registered)"));
+  CHECK_THROWS_AS(opt.name(7), muon::Error);
+}

@@ -78,11 +78,12 @@ TEST_CASE("routing report lists every tensor, tied names, totals and share", "[r
 }
 
 TEST_CASE("tensor adapters: Eigen Matrix, Map, Ref, row-major, raw views", "[registration]") {
-  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rm(6, 10), grm(6, 10);
+  // Initialised: uninitialised memory may hold NaN, and the step below must apply everything.
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rm = Mat::Random(6, 10), grm = Mat::Random(6, 10);
   std::vector<float> buf(6 * 10), gbuf(6 * 10);
   Eigen::Map<Mat> map(buf.data(), 6, 10);
   Eigen::Map<const Mat> gmap(gbuf.data(), 6, 10);
-  Mat m(6, 10), gm(6, 10);
+  Mat m = Mat::Random(6, 10), gm = Mat::Random(6, 10);
   Eigen::Ref<Mat> ref(m);
   Eigen::Ref<const Mat> gref(gm);
   std::vector<float> stack(3 * 6 * 10), gstack(stack.size());

@@ -289,8 +289,8 @@ class Optimizer {
 
   // ---- Introspection ---------------------------------------------------------------------------
   [[nodiscard]] std::size_t size() const { return entries_.size(); }
-  [[nodiscard]] const std::string& name(ParamId id) const { return entries_.at(id).info.name; }
-  [[nodiscard]] Path path(ParamId id) const { return entries_.at(id).path; }
+  [[nodiscard]] const std::string& name(ParamId id) const { return entry(id).info.name; }
+  [[nodiscard]] Path path(ParamId id) const { return entry(id).path; }
   [[nodiscard]] ParamId id(const std::string& name) const {
     for (ParamId i = 0; i < entries_.size(); ++i) {
       if (entries_[i].info.name == name) return i;
@@ -315,7 +315,7 @@ class Optimizer {
   // A tensor's parameter group (ParamOptions::lr_scale / weight_decay), changed between steps.
   // Checked as at registration; the tensor's state is kept.
   void set_param_group(ParamId id, double lr_scale, std::optional<double> weight_decay = std::nullopt) {
-    Entry& e = entries_.at(id);
+    Entry& e = entries_[entry_index(id)];
     ParamOptions changed = e.options;
     changed.lr_scale = lr_scale;
     changed.weight_decay = weight_decay;
@@ -328,8 +328,14 @@ class Optimizer {
   [[nodiscard]] B& backend() { return backend_; }
 
  private:
+  std::size_t entry_index(ParamId id) const {
+    if (id >= entries_.size())
+      detail::fail("no parameter with id " + std::to_string(id) + " (" + std::to_string(entries_.size()) + " registered)");
+    return id;
+  }
+  const detail::RegisteredTensor& entry(ParamId id) const { return entries_[entry_index(id)]; }
   std::size_t matrix_slot_of(ParamId id) const {
-    const Entry& e = entries_.at(id);
+    const Entry& e = entry(id);
     if (e.path != Path::matrix) detail::fail_param(e.info.name, "takes the fallback path and has no constraint state");
     return e.slot;
   }
