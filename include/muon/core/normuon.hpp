@@ -65,7 +65,8 @@ class RowNormalizer {
     b.transform_slices(u, RescaleTo{before, after}, u);
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   struct Square {
     MUON_HOST_DEVICE T operator()(T x) const { return x * x; }
   };
@@ -88,6 +89,7 @@ class RowNormalizer {
     }
   };
 
+ private:
   typename B::template Buffer<T> ones_{};
 };
 

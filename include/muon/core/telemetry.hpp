@@ -91,7 +91,8 @@ class TelemetryRecorder {
     return &t_;
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   struct Difference {
     MUON_HOST_DEVICE T operator()(T a, T b) const { return a - b; }
   };
@@ -100,6 +101,7 @@ class TelemetryRecorder {
     MUON_HOST_DEVICE T operator()(index_t k, T x) const { return (k % (n * n)) % (n + 1) == 0 ? x - T(1) : x; }
   };
 
+ private:
   Telemetry t_{};
   double grad_sq_ = 0, filtered_sq_ = 0, delta_sq_ = 0;
 };

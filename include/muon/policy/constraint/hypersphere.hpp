@@ -176,7 +176,9 @@ class Hypersphere {
     if (s.measured_ && s.error_ > stats.max_sphere_error) stats.max_sphere_error = s.error_;
   }
 
- private:
+ public:
+  // Layout helpers and elementwise functors are public: nvcc cannot instantiate a kernel on a
+  // private nested type.
   static index_t logical_rows(const ParamInfo& info) { return info.shape.batch() * info.shape.rows(); }
 
   // ---- the two layouts ----------------------------------------------------------------------
@@ -372,6 +374,7 @@ class Hypersphere {
     MUON_HOST_DEVICE T operator()(index_t r, T) const { return static_cast<T>(static_cast<double>(norms[r]) - 1.0); }
   };
 
+ private:
   // ---- the two steps --------------------------------------------------------------------------
   template <class B, class Rows>
   void direction_with(B& b, State<B>& s, const MatrixParam<typename B::value_type>& p,

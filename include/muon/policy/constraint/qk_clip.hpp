@@ -242,7 +242,8 @@ class QKClip {
     stats.max_head_value = std::max(stats.max_head_value, s.step_max_);
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   template <class T>
   static MUON_HOST_DEVICE T power(double g, double e) {
     if (g == 1.0 || e == 0.0) return T(1);
@@ -305,6 +306,7 @@ class QKClip {
     }
   };
 
+ private:
   template <class B>
   void scale_rows(B& b, State<B>& s, const MatrixParam<typename B::value_type>& p,
                   backend::MatrixView<typename B::value_type> factors) const {

@@ -280,7 +280,8 @@ class Stiefel {
     if (!(s.stiefel_error_ <= stats.max_stiefel_error)) stats.max_stiefel_error = s.stiefel_error_;
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   // x * sqrt(m) / ||P_s||_F per slice s, in double (P = the tangent projection, whose norms are
   // `p`; those of G are `g`); 0 for a slice whose projection is at most tangent_eps ||G_s||_F
   // (rounding noise, or exactly zero) or not finite.
@@ -323,6 +324,7 @@ class Stiefel {
     MUON_HOST_DEVICE T operator()(index_t k, T x) const { return (k % (m * m)) % (m + 1) == 0 ? x - T(1) : x; }
   };
 
+ private:
   // out = W^T X (tall) or W X^T (wide): m x m per slice.
   template <class B>
   static void short_side_product(B& b, bool tall, backend::MatrixView<const typename B::value_type> w,

@@ -94,7 +94,8 @@ class AdamW {
     s.step = t;
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   // v <- beta v + (1 - beta) g g, torch's v.mul_(beta2).addcmul_(g, g, value=1 - beta2),
   // saturated: g g overflows for |g| > 1.8e19 in float, and an Inf v would freeze the tensor.
   template <class T>
@@ -113,6 +114,7 @@ class AdamW {
     }
   };
 
+ private:
   Options options_;
 };
 

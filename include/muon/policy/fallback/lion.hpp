@@ -81,7 +81,8 @@ class Lion {
     s.step += 1;
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   // -1, 0 or +1. Comparisons rather than copysign so that +-0 gives 0, and a finite or infinite
   // x never gives NaN. A NaN x gives 0 (torch.sign would give NaN); in the step path x is never
   // NaN: the optimizer skips non-finite gradients before the fallback runs, and x and m are
@@ -108,6 +109,7 @@ class Lion {
     MUON_HOST_DEVICE T operator()(T m, T g) const { return beta * m + one_minus_beta * g; }
   };
 
+ private:
   Options options_;
 };
 

@@ -88,7 +88,8 @@ class SGD {
     s.step += 1;
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   template <class T>
   struct Plain {
     T lr, wd;
@@ -114,6 +115,7 @@ class SGD {
     }
   };
 
+ private:
   Options options_;
 };
 

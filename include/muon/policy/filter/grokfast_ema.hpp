@@ -73,7 +73,8 @@ class GrokfastEMA {
     return out;
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   // h <- (first ? g : h) alpha + g (1 - alpha): grads[n] * alpha + grad * (1 - alpha), with
   // grads[n] = grad on the first call, as the official code does.
   template <class T>
@@ -90,6 +91,7 @@ class GrokfastEMA {
     MUON_HOST_DEVICE T operator()(T g, T h) const { return fn::saturate(g + h * lamb, max); }
   };
 
+ private:
   Options options_;
 };
 

@@ -132,7 +132,8 @@ class GrokfastMA {
     return out;
   }
 
- private:
+ public:
+  // Elementwise functors are public: nvcc cannot instantiate a kernel on a private nested type.
   // Ignores its input: fills a buffer with ones.
   struct One {
     template <class T>
@@ -141,6 +142,7 @@ class GrokfastMA {
     }
   };
 
+ private:
   Options options_;
 };
 
