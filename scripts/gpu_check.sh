@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks on a GPU machine (a bare one: nvcc, CMake and ninja, no package
+# registry). From the project root, with the Debian packages the build needs packed beforehand
+# into .deps/ by ../shared/device/pack-deps.sh (on a machine with a registry):
+#   bash scripts/gpu_check.sh            # logs and a summary under $OUT (default: ./gpu-out)
+# Configures a Release build of muon_cuda_tests only (about 2 minutes on 16 cores), runs every
+# test, then the hidden invalid-stream case on its own (a driver may crash on a stale handle;
+# that must not hide the other results). Exit status: that of the main test run.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${OUT:-$PWD/gpu-out}"
+mkdir -p "$out"
+if [ -d .deps/usr ]; then
+  export CMAKE_PREFIX_PATH="$PWD/.deps/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  export LD_LIBRARY_PATH="$PWD/.deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+export PATH="/usr/local/cuda/bin:$PATH"
+build="${MUON_GPU_BUILD_DIR:-build-gpu}"
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+
+{
+  echo "date: $(date -u)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+  nvcc --version | tail -2
+} >"$out/environment.txt"
+
+start=$SECONDS
+cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DMUON_BUILD_BENCHMARKS=OFF -DMUON_BUILD_EXAMPLES=OFF >"$out/configure.log" 2>&1 \
+  || { echo "configure failed (see configure.log)"; tail -30 "$out/configure.log"; exit 2; }
+cmake --build "$build" -j"$(nproc)" --target muon_cuda_tests >"$out/build.log" 2>&1 \
+  || { echo "build failed (see build.log)"; tail -60 "$out/build.log"; exit 3; }
+echo "configure + build: $((SECONDS - start)) s" | tee -a "$out/environment.txt"
+
+exe="$build/tests/cuda/muon_cuda_tests"
+timeout 300 "$exe" --durations yes -r console >"$out/tests.log" 2>&1
+status=$?
+timeout 60 "$exe" "[invalid_stream]" -r console >"$out/invalid_stream.log" 2>&1
+echo "invalid-stream case: exit $?" >>"$out/invalid_stream.log"
+
+grep -E "no CUDA device|test cases|assertions|FAILED|passed" "$out/tests.log" | tail -20
+tail -3 "$out/invalid_stream.log"
+echo "muon_cuda_tests: exit ${status}"
+exit "$status"
