@@ -1,10 +1,11 @@
 #pragma once
 // Matrix products for CPU backends: which library runs them, symmetric products, bf16 products,
-// and how they are split over the thread pool. A CPU backend (Eigen today, xtensor next) owns
-// one Products and forwards its GEMMs here; the only thing it supplies is a built-in kernel for
-// builds without a product library.
+// and how they are split over the thread pool. A CPU backend (Eigen, xtensor) owns one Products
+// (through cpu::HostBackend) and forwards its GEMMs here; the only thing it supplies is a
+// built-in kernel for builds without a product library.
 //
-// The library, chosen when the build is configured (the muon::eigen target defines the macro):
+// The library, chosen when the build is configured (the muon::eigen and muon::xtensor targets
+// define the macro):
 //   float:   oneDNN's matmul (MUON_WITH_ONEDNN), else OpenBLAS (MUON_WITH_OPENBLAS), else built-in
 //   double:  OpenBLAS, else built-in
 //   bf16:    oneDNN only (bf16 x bf16 products accumulated in float)
