@@ -1,4 +1,5 @@
-# Which library runs the CPU backends' matrix products (include/muon/backend/cpu/products.hpp).
+# Which library runs the CPU backends' matrix products (include/muon/backend/cpu/products.hpp),
+# for every CPU backend target (muon::eigen, muon::xtensor) alike.
 #
 # The choice reaches the user's program through the backend target only: a compile definition
 # of muon's own (MUON_WITH_ONEDNN / MUON_WITH_OPENBLAS) and the library to link. Nothing changes
@@ -6,7 +7,8 @@
 #
 #   oneDNN 2.x (Debian: libdnnl-dev)     float and bf16 products, kernels chosen at run time
 #   OpenBLAS (Debian: libopenblas-dev)   double products (and float without oneDNN)
-#   built-in                             Eigen's own kernel, with the user's compile flags
+#   built-in                             the backend's own kernel: Eigen's (user's compile flags) or
+#                                        xtensor-blas's BLAS binding
 #
 # MUON_PRODUCTS = auto | onednn | openblas | builtin (auto: every library found is used).
 
@@ -65,7 +67,12 @@ function(muon_link_product_libraries target)
     endif()
   endif()
 
-  if(_libs)
+  # Called once per CPU backend target (muon::eigen, muon::xtensor); the choice is the same, so
+  # it is reported once.
+  get_property(_reported GLOBAL PROPERTY MUON_PRODUCTS_REPORTED)
+  set_property(GLOBAL PROPERTY MUON_PRODUCTS_REPORTED TRUE)
+  if(_reported)
+  elseif(_libs)
     string(REPLACE ";" ", " _shown "${_libs}")
     message(STATUS "muon: matrix products on ${_shown} (MUON_PRODUCTS=${_want})")
   else()

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake g++ make libeigen3-dev catch2 nlohmann-json3-dev libbenchmark-dev
-          libxtensor-dev libopenblas-dev libdnnl-dev
+          libxtensor-dev libxtensor-blas-dev libopenblas-dev libdnnl-dev
           zlib1g-dev dataset-fashion-mnist)  # examples/02_ablation: reads Fashion-MNIST with zlib
 
 if [[ "${MUON_SKIP_DEPS:-0}" == "1" ]]; then

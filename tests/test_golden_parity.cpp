@@ -98,30 +98,6 @@ TEMPLATE_TEST_CASE("SvdPolar matches the exact polar factor golden cases", "[gol
 
 namespace {
 
-muon::LrAdjust adjust_from(const std::string& s) {
-  if (s == "original") return muon::LrAdjust::original;
-  if (s == "match_rms_adamw") return muon::LrAdjust::match_rms_adamw;
-  FAIL("unknown adjust_lr_fn " << s);
-  return muon::LrAdjust::none;
-}
-
-template <class T>
-typename muon::Muon<muon::backend::Eigen<T>>::Options muon_options_from(const GoldenCase& c) {
-  const auto& h = c.hyperparameters;
-  typename muon::Muon<muon::backend::Eigen<T>>::Options o;
-  o.lr = h.at("lr").get<double>();
-  o.momentum = h.at("momentum").get<double>();
-  o.nesterov = h.at("nesterov").get<bool>();
-  o.weight_decay = h.at("weight_decay").get<double>();
-  o.lr_adjust = adjust_from(h.at("adjust_lr_fn").get<std::string>());
-  o.orthogonalizer.steps = h.at("ns_steps").get<int>();
-  const auto& q = h.at("ns_coeffs");
-  o.orthogonalizer.coefficients = {q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()};
-  o.orthogonalizer.eps = h.at("eps").get<double>();
-  REQUIRE(h.at("eps_mode").get<std::string>() == "add");
-  return o;
-}
-
 // Runs a trajectory case: registers p through `register_fn(opt, p, g)`, feeds grads[t], and
 // returns the worst max-abs error over all steps against expected[t].
 template <class T, class Opt, class Read, class Write>
@@ -153,7 +129,7 @@ TEMPLATE_TEST_CASE("Muon matches the torch.optim.Muon golden trajectories", "[go
     SECTION(name + " (row-major raw buffer)") {
       auto p = cast_values<TestType>(c.array("p0").values);
       std::vector<TestType> g(p.size());
-      Opt opt(muon_options_from<TestType>(c));
+      Opt opt(muon::test::muon_options_from<typename Opt::Options>(c));
       opt.add("w", muon::raw(p.data(), shape), muon::raw(g.data(), shape));
       REQUIRE(opt.routing_report().entries.at(0).path == muon::Path::matrix);
       const double err = run_trajectory<TestType>(
@@ -168,7 +144,7 @@ TEMPLATE_TEST_CASE("Muon matches the torch.optim.Muon golden trajectories", "[go
       const auto p0 = cast_values<TestType>(c.array("p0").values);
       Mat W = Eigen::Map<const RowMat>(p0.data(), shape.rows(), shape.cols());
       Mat G = Mat::Zero(shape.rows(), shape.cols());
-      Opt opt(muon_options_from<TestType>(c));
+      Opt opt(muon::test::muon_options_from<typename Opt::Options>(c));
       opt.add("w", W, G);
       std::vector<TestType> unused;
       const double err = run_trajectory<TestType>(

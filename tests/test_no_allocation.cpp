@@ -28,6 +28,9 @@ inline std::atomic<long> g_eigen_mallocs{0};
 #include <catch2/catch.hpp>
 
 #include <muon/backend/eigen.hpp>
+#if defined(MUON_WITH_XTENSOR)
+#include <muon/backend/xtensor.hpp>
+#endif
 #include <muon/muon.hpp>
 
 namespace {
@@ -142,6 +145,28 @@ TEMPLATE_TEST_CASE("step() allocates nothing after the first step", "[allocation
     check_steps_allocate_nothing(opt);
   }
 }
+
+#if defined(MUON_WITH_XTENSOR)
+TEMPLATE_TEST_CASE("step() on the xtensor backend allocates nothing after the first step", "[allocation][xtensor]",
+                   float, double) {
+  using T = TestType;
+  xt::xtensor<T, 2> w1 = xt::ones<T>({384, 256}), g1 = xt::ones<T>({384, 256});
+  xt::xtensor<T, 2, xt::layout_type::column_major> w2 = xt::ones<T>({128, 512}), g2 = xt::ones<T>({128, 512});
+  xt::xarray<T> experts = xt::ones<T>({4, 64, 96}), gexperts = xt::ones<T>({4, 64, 96});
+  xt::xtensor<T, 1> b = xt::ones<T>({384}), gb = xt::ones<T>({384});
+  for (std::size_t i = 0; i < w1.size(); ++i) g1.data()[i] = static_cast<T>(std::sin(0.1 * static_cast<double>(i)));
+  for (std::size_t i = 0; i < w2.size(); ++i) g2.data()[i] = static_cast<T>(std::cos(0.3 * static_cast<double>(i)));
+  const int threads = GENERATE(1, 2, 3);
+  muon::Muon<muon::backend::Xtensor<T>> opt({.threads = threads});
+  opt.add("w1", w1, g1);
+  opt.add("w2", w2, g2);
+  opt.add("experts", experts, gexperts);
+  opt.add("b", b, gb, {.role = muon::Role::bias});
+  check_steps_allocate_nothing(opt);
+  gb(0) = std::numeric_limits<T>::quiet_NaN();  // a skipped parameter
+  check_steps_allocate_nothing(opt);
+}
+#endif
 
 TEST_CASE("master weights, quantized views, loss scaling and schedules allocate nothing after the first step",
           "[allocation][master_weights]") {

@@ -13,6 +13,7 @@
 #error "tests/support/golden.hpp needs MUON_TEST_DATA_DIR: define it to the tests/data directory as a string literal, e.g. -DMUON_TEST_DATA_DIR=\"\\\"/path/to/tests/data\\\"\" (the CMake test target sets it)."
 #endif
 
+#include <muon/core/lr_adjust.hpp>
 #include <muon/policy/orthogonalizer/newton_schulz.hpp>
 
 #include <algorithm>
@@ -480,6 +481,31 @@ inline muon::policy::NewtonSchulz::Options ns_options_from(const GoldenCase& c) 
     o.coefficients = {q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()};
   }
   o.eps = h.at("eps").get<double>();
+  return o;
+}
+
+// The Muon options (Options of any muon::Muon<B>) a golden "muon" trajectory case was made with.
+template <class Options>
+Options muon_options_from(const GoldenCase& c) {
+  const auto& h = c.hyperparameters;
+  Options o;
+  o.lr = h.at("lr").get<double>();
+  o.momentum = h.at("momentum").get<double>();
+  o.nesterov = h.at("nesterov").get<bool>();
+  o.weight_decay = h.at("weight_decay").get<double>();
+  const auto adjust = h.at("adjust_lr_fn").get<std::string>();
+  if (adjust == "original")
+    o.lr_adjust = muon::LrAdjust::original;
+  else if (adjust == "match_rms_adamw")
+    o.lr_adjust = muon::LrAdjust::match_rms_adamw;
+  else
+    throw std::runtime_error("golden case " + c.name + ": unknown adjust_lr_fn " + adjust);
+  o.orthogonalizer.steps = h.at("ns_steps").get<int>();
+  const auto& q = h.at("ns_coeffs");
+  o.orthogonalizer.coefficients = {q.at(0).get<double>(), q.at(1).get<double>(), q.at(2).get<double>()};
+  o.orthogonalizer.eps = h.at("eps").get<double>();
+  if (h.at("eps_mode").get<std::string>() != "add")
+    throw std::runtime_error("golden case " + c.name + ": eps_mode must be \"add\"");
   return o;
 }
 
