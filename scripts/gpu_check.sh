@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA backend's checks on a GPU machine (a bare one: nvcc, CMake and ninja, no package
-# registry). From the project root, with the Debian packages the build needs packed beforehand
-# into .deps/ by ../shared/device/pack-deps.sh (on a machine with a registry):
+# registry). First, on a machine with a registry, pack what the build needs into .deps/ (ignored
+# by git; carry it along, about 15 MiB):
+#   ../shared/device/pack-deps.sh libeigen3-dev catch2 nlohmann-json3-dev
+# then, from the project root on the GPU machine:
 #   bash scripts/gpu_check.sh            # logs and a summary under $OUT (default: ./gpu-out)
 # Configures a Release build of muon_cuda_tests only (about 2 minutes on 16 cores), runs every
 # test, then the hidden invalid-stream case on its own (a driver may crash on a stale handle;
@@ -17,7 +19,7 @@ fi
 export PATH="/usr/local/cuda/bin:$PATH"
 build="${MUON_GPU_BUILD_DIR:-build-gpu}"
 generator=()
-command -v ninja >/dev/null && generator=(-G Ninja)
+[ ! -f "$build/CMakeCache.txt" ] && command -v ninja >/dev/null && generator=(-G Ninja)
 
 {
   echo "date: $(date -u)"
