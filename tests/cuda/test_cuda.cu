@@ -18,6 +18,7 @@
 #include <limits>
 #include <random>
 #include <span>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -272,6 +273,58 @@ TEMPLATE_TEST_CASE("Cuda: primitives agree with host loops", "[cuda]", float, do
       gpu.frobenius_norms(MatrixView<const T>{dbig.data(), 1, 1, 300}, out.data());
       gpu.read(out.data(), std::span<double>(host.data(), 1));
       CHECK(host[0] == Approx(1e300 * std::sqrt(300.0)).epsilon(1e-12));
+    }
+  }
+
+  SECTION("reductions over large slices (chunked, then combined) agree with host loops") {
+    for (const auto [batch, len] : {std::pair<index_t, index_t>{1, 1000003}, std::pair<index_t, index_t>{3, 200000}}) {
+      auto x = random_values<T>(static_cast<std::size_t>(batch * len), 9);
+      auto y = random_values<T>(static_cast<std::size_t>(batch * len), 10);
+      x[12345] = std::numeric_limits<T>::quiet_NaN();
+      x[static_cast<std::size_t>(len - 1)] = std::numeric_limits<T>::infinity();
+      DeviceVec<T> dx(x), dy(y);
+      DeviceVec<double> out(std::vector<double>(static_cast<std::size_t>(batch), 0.0));
+      std::vector<double> host(static_cast<std::size_t>(batch));
+      const MatrixView<const T> gx{dx.data(), batch, 1, len}, gy{dy.data(), batch, 1, len};
+      auto slice_sum = [&](index_t s, auto term) {
+        double acc = 0;
+        for (index_t i = 0; i < len; ++i) acc = term(acc, static_cast<double>(x[static_cast<std::size_t>(s * len + i)]),
+                                                     static_cast<double>(y[static_cast<std::size_t>(s * len + i)]));
+        return acc;
+      };
+      auto check = [&](const char* what, auto term, double relative) {
+        gpu.read(out.data(), host);
+        for (index_t s = 0; s < batch; ++s) {
+          const double e = slice_sum(s, term);
+          INFO(what << " batch " << batch << " len " << len << " slice " << s << ": " << host[static_cast<std::size_t>(s)]
+                    << " vs " << e);
+          if (std::isnan(e))
+            CHECK(std::isnan(host[static_cast<std::size_t>(s)]));
+          else
+            CHECK(host[static_cast<std::size_t>(s)] == Approx(e).epsilon(relative).margin(relative));
+        }
+      };
+      gpu.dots(gx, gy, out.data());  // slice 0 holds a NaN and, at its end, an Inf
+      check("dots", [](double a, double u, double v) { return a + u * v; }, 1e-9);
+      gpu.max_abs(gy, out.data());
+      check("max_abs", [](double a, double, double v) { return std::max(a, std::abs(v)); }, 0);
+      gpu.count_non_finite(gx, out.data());
+      check("count_non_finite", [](double a, double u, double) { return a + (std::isfinite(u) ? 0 : 1); }, 0);
+      gpu.frobenius_norms(gy, out.data());
+      gpu.read(out.data(), host);
+      for (index_t s = 0; s < batch; ++s) {
+        double sum = 0;
+        for (index_t i = 0; i < len; ++i) sum += static_cast<double>(y[static_cast<std::size_t>(s * len + i)]) * y[static_cast<std::size_t>(s * len + i)];
+        CHECK(host[static_cast<std::size_t>(s)] == Approx(std::sqrt(sum)).epsilon(1e-12));
+      }
+    }
+    if constexpr (std::is_same_v<T, double>) {  // overflowing sum of squares on the chunked path
+      DeviceVec<T> dbig(std::vector<T>(100000, T(1e300)));
+      DeviceVec<double> out(std::vector<double>(1, 0.0));
+      std::vector<double> host(1);
+      gpu.frobenius_norms(MatrixView<const T>{dbig.data(), 1, 1, 100000}, out.data());
+      gpu.read(out.data(), host);
+      CHECK(host[0] == Approx(1e300 * std::sqrt(100000.0)).epsilon(1e-12));
     }
   }
 

@@ -164,13 +164,12 @@ class Cuda {
 
   // Binds to `stream` (0: the legacy default stream) on the current device. Throws muon::Error
   // when there is no device or the stream is not valid.
-  explicit Cuda(cudaStream_t stream = nullptr) : stream_(stream), device_(cuda_detail::current_device()) {
-    unsigned flags = 0;
-    if (stream != nullptr) cuda_detail::check(cudaStreamGetFlags(stream, &flags), "cudaStreamGetFlags (the given stream)");
-    blas_ = std::make_unique<cuda_detail::Blas>(stream_);
-  }
-  // A copy (a lane of the optimizer) shares the stream and has its own cuBLAS handle.
-  Cuda(const Cuda& o) : stream_(o.stream_), device_(o.device_), blas_(std::make_unique<cuda_detail::Blas>(o.stream_)) {
+  explicit Cuda(cudaStream_t stream = nullptr)
+      : device_(cuda_detail::current_device()),
+        stream_(checked_stream(stream)),
+        blas_(std::make_unique<cuda_detail::Blas>(stream_)) {}
+  // A copy (a lane of the optimizer) shares the stream and has its own cuBLAS handle and scratch.
+  Cuda(const Cuda& o) : device_(o.device_), stream_(o.stream_), blas_(std::make_unique<cuda_detail::Blas>(o.stream_)) {
     if (o.blas_) blas_->reserve_workspace(o.blas_->workspace_bytes);
   }
   Cuda& operator=(const Cuda& o) {
@@ -310,8 +309,10 @@ class Cuda {
   }
   void synchronize() { cuda_detail::check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
 
-  // cuBLAS's workspace (the backend's only scratch).
-  [[nodiscard]] std::size_t scratch_bytes() const { return blas_ ? blas_->workspace_bytes : 0; }
+  // cuBLAS's workspace and the reductions' partial results.
+  [[nodiscard]] std::size_t scratch_bytes() const {
+    return (blas_ ? blas_->workspace_bytes : 0) + partials_.size() * sizeof(double);
+  }
 
  private:
   template <class... V>
@@ -323,14 +324,36 @@ class Cuda {
   template <cuda_detail::Reduce R>
   void reduce(const char* what, MatrixView<const T> x, const T* y, double* out) {
     if (x.batch == 0) return;
-    cuda_detail::reduce_kernel<R, T>
-        <<<cuda_detail::slice_grid(x.batch), cuda_detail::k_reduce_threads, 0, stream_>>>(x.data, y, x.batch, x.slice_size(), out);
+    const index_t len = x.slice_size();
+    const index_t chunks = cuda_detail::reduce_chunks(x.batch, len);
+    if (chunks == 1) {
+      cuda_detail::reduce_kernel<R, T>
+          <<<cuda_detail::slice_grid(x.batch), cuda_detail::k_reduce_threads, 0, stream_>>>(x.data, y, x.batch, len, out);
+      cuda_detail::check_launch(what);
+      return;
+    }
+    // Few, large slices: every SM gets a chunk, then one block per slice adds the chunks up.
+    const index_t chunk_len = (len + chunks - 1) / chunks;
+    cuda_detail::reduce_chunks_kernel<R, T>
+        <<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(x.batch)), cuda_detail::k_reduce_threads, 0, stream_>>>(
+            x.data, y, len, chunk_len, partials_.data());
+    cuda_detail::check_launch(what);
+    cuda_detail::reduce_partials_kernel<R, T>
+        <<<static_cast<unsigned>(x.batch), cuda_detail::k_reduce_threads, 0, stream_>>>(partials_.data(), chunks, x.data, len, out);
     cuda_detail::check_launch(what);
   }
 
+  static cudaStream_t checked_stream(cudaStream_t stream) {
+    unsigned flags = 0;
+    if (stream != nullptr) cuda_detail::check(cudaStreamGetFlags(stream, &flags), "cudaStreamGetFlags (the given stream)");
+    return stream;
+  }
+
+  int device_ = 0;  // first: the device check runs before anything touches the stream
   cudaStream_t stream_ = nullptr;
-  int device_ = 0;
   std::unique_ptr<cuda_detail::Blas> blas_;
+  // Partial results of reductions over large slices (fixed size: allocated once, here).
+  Buffer<double> partials_{static_cast<std::size_t>(cuda_detail::k_reduce_partials), stream_};
 };
 
 static_assert(Backend<Cuda<float>>, "muon::backend::Cuda<float> must satisfy muon::backend::Backend");

@@ -2,8 +2,9 @@
 // The CUDA backend's kernels: elementwise transforms that call a MUON_HOST_DEVICE functor, the
 // diagonal update, and per-slice reductions accumulated in double.
 //
-// Reductions run one block per slice and combine in a fixed order (a tree in shared memory), so
-// results are deterministic for a given launch shape. They follow the CPU backend's rules:
+// Reductions run one block per slice, or for large slices (few of them) a block per chunk and a
+// second pass over the chunks' partial results; both combine in a fixed order (a tree in shared
+// memory), so results are deterministic for given shapes. They follow the CPU backend's rules:
 // max_abs ignores NaN, count_non_finite counts NaN and +-Inf, and a Frobenius norm whose sum of
 // squares overflows double is recomputed scaled by the slice's largest magnitude.
 #include <cuda_runtime.h>
@@ -77,6 +78,36 @@ __device__ double block_reduce(double v, double* shared) {
   return out;
 }
 
+// Adds element i of the slice (p, q) to acc.
+template <Reduce R, class T>
+__device__ void accumulate(double& acc, const T* p, const T* q, index_t i) {
+  const double v = static_cast<double>(p[i]);
+  if constexpr (R == Reduce::sum_squares || R == Reduce::norm)
+    acc += v * v;
+  else if constexpr (R == Reduce::dot)
+    acc += v * static_cast<double>(q[i]);
+  else if constexpr (R == Reduce::max_abs)
+    acc = fmax(acc, fabs(v));  // fmax drops NaN, as the CPU backend's max does
+  else
+    acc += isfinite(v) ? 0.0 : 1.0;
+}
+
+// The Frobenius norm of p[0 .. len) scaled by its largest magnitude, for a sum of squares that
+// overflowed double (only doubles near DBL_MAX get here). The whole block calls it.
+template <class T>
+__device__ double rescaled_norm(const T* p, index_t len, double* shared) {
+  double m = 0.0;
+  for (index_t i = threadIdx.x; i < len; i += blockDim.x) m = fmax(m, fabs(static_cast<double>(p[i])));
+  const double scale = block_reduce<true>(m, shared);
+  if (scale == 0.0 || !isfinite(scale)) return scale;
+  double sum = 0.0;
+  for (index_t i = threadIdx.x; i < len; i += blockDim.x) {
+    const double r = static_cast<double>(p[i]) / scale;
+    sum += r * r;
+  }
+  return scale * sqrt(block_reduce<false>(sum, shared));
+}
+
 // One block per slice (blockIdx.x + gridDim.x * blockIdx.y over `batch` slices of `len`).
 template <Reduce R, class T>
 __global__ void __launch_bounds__(k_reduce_threads)
@@ -87,37 +118,59 @@ __global__ void __launch_bounds__(k_reduce_threads)
   const T* p = x + s * len;
   const T* q = y ? y + s * len : nullptr;
   double acc = 0.0;
-  for (index_t i = threadIdx.x; i < len; i += blockDim.x) {
-    const double v = static_cast<double>(p[i]);
-    if constexpr (R == Reduce::sum_squares || R == Reduce::norm)
-      acc += v * v;
-    else if constexpr (R == Reduce::dot)
-      acc += v * static_cast<double>(q[i]);
-    else if constexpr (R == Reduce::max_abs)
-      acc = fmax(acc, fabs(v));  // fmax drops NaN, as the CPU backend's max does
-    else
-      acc += isfinite(v) ? 0.0 : 1.0;
-  }
+  for (index_t i = threadIdx.x; i < len; i += blockDim.x) accumulate<R>(acc, p, q, i);
   double total = block_reduce<R == Reduce::max_abs>(acc, shared);
   if constexpr (R == Reduce::norm) {
     total = sqrt(total);
-    if (isinf(total)) {  // only doubles near DBL_MAX overflow: rescale by the largest magnitude
-      double m = 0.0;
-      for (index_t i = threadIdx.x; i < len; i += blockDim.x) m = fmax(m, fabs(static_cast<double>(p[i])));
-      const double scale = block_reduce<true>(m, shared);
-      if (scale != 0.0 && isfinite(scale)) {
-        double sum = 0.0;
-        for (index_t i = threadIdx.x; i < len; i += blockDim.x) {
-          const double r = static_cast<double>(p[i]) / scale;
-          sum += r * r;
-        }
-        total = scale * sqrt(block_reduce<false>(sum, shared));
-      } else {
-        total = scale;
-      }
-    }
+    if (isinf(total)) total = rescaled_norm(p, len, shared);
   }
   if (threadIdx.x == 0) out[s] = total;
+}
+
+// Large slices, first pass: block (c, s) reduces chunk c (chunk_len elements) of slice s into
+// partials[s * gridDim.x + c]. The second pass (reduce_partials_kernel) combines the chunks of
+// each slice in a fixed order, so the result does not depend on timing.
+template <Reduce R, class T>
+__global__ void __launch_bounds__(k_reduce_threads)
+    reduce_chunks_kernel(const T* x, const T* y, index_t len, index_t chunk_len, double* partials) {
+  __shared__ double shared[k_reduce_threads];
+  const index_t s = blockIdx.y, c = blockIdx.x;
+  const T* p = x + s * len;
+  const T* q = y ? y + s * len : nullptr;
+  const index_t begin = c * chunk_len;
+  const index_t end = begin + chunk_len < len ? begin + chunk_len : len;
+  double acc = 0.0;
+  for (index_t i = begin + threadIdx.x; i < end; i += blockDim.x) accumulate<R>(acc, p, q, i);
+  const double total = block_reduce<R == Reduce::max_abs>(acc, shared);
+  if (threadIdx.x == 0) partials[s * gridDim.x + c] = total;
+}
+
+// Second pass: one block per slice, one partial per thread (chunks <= k_reduce_threads).
+template <Reduce R, class T>
+__global__ void __launch_bounds__(k_reduce_threads)
+    reduce_partials_kernel(const double* partials, index_t chunks, const T* x, index_t len, double* out) {
+  __shared__ double shared[k_reduce_threads];
+  const index_t s = blockIdx.x;
+  const double v = static_cast<index_t>(threadIdx.x) < chunks ? partials[s * chunks + threadIdx.x] : 0.0;
+  double total = block_reduce<R == Reduce::max_abs>(v, shared);
+  if constexpr (R == Reduce::norm) {
+    total = sqrt(total);
+    if (isinf(total)) total = rescaled_norm(x + s * len, len, shared);
+  }
+  if (threadIdx.x == 0) out[s] = total;
+}
+
+// Large slices are split into chunks of at least this many elements, with at most
+// k_reduce_partials partial results per call (the backend's fixed scratch).
+inline constexpr index_t k_reduce_chunk_min = 16384;
+inline constexpr index_t k_reduce_partials = 4096;
+
+// How many chunks per slice a reduction over batch x len uses (1: one block per slice).
+[[nodiscard]] inline index_t reduce_chunks(index_t batch, index_t len) {
+  index_t chunks = (len + k_reduce_chunk_min - 1) / k_reduce_chunk_min;
+  if (chunks > k_reduce_threads) chunks = k_reduce_threads;
+  if (batch > 0 && chunks > k_reduce_partials / batch) chunks = k_reduce_partials / batch;
+  return chunks < 1 ? 1 : chunks;
 }
 
 // Grid for one block per slice: x up to 65535, y for the rest.
