@@ -40,6 +40,7 @@ MUON_CUDA_TEST_TAG(GrokfastTag, Grokfast)
 MUON_CUDA_TEST_TAG(MuonGrokfastTag, MuonGrokfast)
 MUON_CUDA_TEST_TAG(StiefelMuonTag, StiefelMuon)
 MUON_CUDA_TEST_TAG(HypersphereMuonTag, HypersphereMuon)
+MUON_CUDA_TEST_TAG(GrokfastMATag, GrokfastMA)
 #undef MUON_CUDA_TEST_TAG
 // MuonClip in weight_norm mode with a low cap, so that heads are clipped on both backends.
 struct MuonClipTag {
@@ -51,6 +52,18 @@ struct MuonClipTag {
     o.threads = 1;
     o.constraint.mode = policy::QKClipMode::weight_norm;
     o.constraint.max_head_norm = 0.5;
+  }
+};
+
+// Muon with NorMuon's per-row normalisation.
+struct NorMuonTag {
+  static constexpr const char* name = "Muon (normuon)";
+  template <class B>
+  using type = ::muon::Muon<B>;
+  template <class O>
+  static void configure(O& o) {
+    o.threads = 1;
+    o.normuon = true;
   }
 };
 

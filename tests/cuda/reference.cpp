@@ -44,6 +44,8 @@ MUON_CUDA_REFERENCE(MuonGrokfastTag)
 MUON_CUDA_REFERENCE(StiefelMuonTag)
 MUON_CUDA_REFERENCE(HypersphereMuonTag)
 MUON_CUDA_REFERENCE(MuonClipTag)
+MUON_CUDA_REFERENCE(GrokfastMATag)
+MUON_CUDA_REFERENCE(NorMuonTag)
 #undef MUON_CUDA_REFERENCE
 
 }  // namespace muon::test::cuda

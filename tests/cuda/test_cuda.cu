@@ -439,6 +439,8 @@ TEST_CASE("Cuda: the named compositions agree with the Eigen backend over a few 
   SECTION("MuonGrokfast") { compare_with_eigen<c::MuonGrokfastTag>(default_model(), steps); }
   SECTION("StiefelMuon") { compare_with_eigen<c::StiefelMuonTag>(default_model(), steps); }
   SECTION("HypersphereMuon") { compare_with_eigen<c::HypersphereMuonTag>(default_model(), steps); }
+  SECTION("GrokfastMA") { compare_with_eigen<c::GrokfastMATag>(default_model(), steps); }
+  SECTION("Muon with NorMuon") { compare_with_eigen<c::NorMuonTag>(default_model(), steps); }
   SECTION("MuonClip (weight_norm mode: heads clipped on both)") {
     std::vector<Spec> model = default_model();
     model.push_back({"q", muon::Shape{32, 24}, {.role = muon::Role::query, .heads = 4}});
