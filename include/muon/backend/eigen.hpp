@@ -118,7 +118,8 @@ struct Kernel {
     }
     GemmBlocking<T> blocking;
     blocking.configure(g.n, g.m, g.k, kernel_scratch<T>().reserve(GemmBlocking<T>::required_elements(g.n, g.m, g.k)));
-    using ::Eigen::ColMajor, ::Eigen::RowMajor;
+    using ::Eigen::ColMajor;  // two declarations: nvcc 13 crashes on a using-declarator list
+    using ::Eigen::RowMajor;
     // A row-major operand with Trans::yes is its transpose stored column-major; the stride is
     // the stored row length either way.
     if (g.ta == Trans::no && g.tb == Trans::no)
