@@ -7,6 +7,8 @@
 #include <cmath>
 #include <limits>
 #include <muon/backend/eigen.hpp>
+
+#include "support/backends.hpp"
 #if defined(MUON_WITH_XTENSOR)
 #include <muon/backend/xtensor.hpp>
 #endif
@@ -64,13 +66,7 @@ double tolerance() {
 
 }  // namespace
 
-#if defined(MUON_WITH_XTENSOR)
-#define MUON_CONFORMANCE_BACKENDS                                                                     \
-  muon::backend::Eigen<float>, muon::backend::Eigen<double>, muon::backend::Xtensor<float>, \
-      muon::backend::Xtensor<double>
-#else
-#define MUON_CONFORMANCE_BACKENDS muon::backend::Eigen<float>, muon::backend::Eigen<double>
-#endif
+#define MUON_CONFORMANCE_BACKENDS MUON_TEST_BACKENDS  // tests/support/backends.hpp
 
 TEMPLATE_TEST_CASE("backend: allocate gives zeroed buffers of the asked size", "[backend]", MUON_CONFORMANCE_BACKENDS) {
   using T = typename TestType::value_type;

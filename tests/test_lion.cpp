@@ -5,6 +5,8 @@
 // routing and state names.
 #include <catch2/catch.hpp>
 
+#include "support/backends.hpp"
+
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -40,8 +42,8 @@ std::vector<T> eighths(std::size_t n) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("Lion fallback matches the lion-pytorch golden trajectory", "[golden][lion]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Lion fallback matches the lion-pytorch golden trajectory", "[golden][lion]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const auto names = muon::test::golden_case_names("lion");
   REQUIRE(names.size() == 1);
   const auto c = muon::test::load_golden_case(names.front());
@@ -51,7 +53,7 @@ TEMPLATE_TEST_CASE("Lion fallback matches the lion-pytorch golden trajectory", "
 
   const auto& p0 = c.array("p0").values;
   std::vector<T> p(p0.begin(), p0.end()), g(p.size());
-  LionOpt<T> opt({.fallback = {.lr = h.at("lr").get<double>(),
+  muon::MuonLion<TestType> opt({.fallback = {.lr = h.at("lr").get<double>(),
                                .beta1 = h.at("beta1").get<double>(),
                                .beta2 = h.at("beta2").get<double>(),
                                .weight_decay = h.at("weight_decay").get<double>()}});
@@ -78,15 +80,16 @@ TEMPLATE_TEST_CASE("Lion fallback matches the lion-pytorch golden trajectory", "
   CHECK(opt.state_snapshot().at("p/fallback/step") == std::vector<double>{static_cast<double>(c.steps)});
 }
 
-TEMPLATE_TEST_CASE("Lion: sign(0) = 0, so a zero gradient with zero momentum only decays", "[lion]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Lion: sign(0) = 0, so a zero gradient with zero momentum only decays", "[lion]",
+                   MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const std::size_t n = 40;
   const double wd = GENERATE(0.0, k_wd);
   auto p = eighths<T>(n);
   const auto p0 = p;
   std::vector<T> g(n, T(0));
   for (std::size_t i = 0; i < n; i += 2) g[i] = -T(0);  // negative zero is zero too
-  LionOpt<T> opt({.fallback = {.lr = k_lr, .weight_decay = wd}});
+  muon::MuonLion<TestType> opt({.fallback = {.lr = k_lr, .weight_decay = wd}});
   opt.add("b", muon::raw(p.data(), {static_cast<index_t>(n)}), muon::raw(g.data(), {static_cast<index_t>(n)}));
   REQUIRE(opt.step().all_applied());
   const T decay = static_cast<T>(1.0 - k_lr * wd);
@@ -95,9 +98,9 @@ TEMPLATE_TEST_CASE("Lion: sign(0) = 0, so a zero gradient with zero momentum onl
   for (double m : snap.at("b/fallback/exp_avg")) CHECK(m == 0.0);
 }
 
-TEMPLATE_TEST_CASE("Lion: every element moves by exactly lr (plus decay), whatever the gradient's size", "[lion]", float,
-                   double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Lion: every element moves by exactly lr (plus decay), whatever the gradient's size", "[lion]",
+                   MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   // Magnitudes from 1e-30 to 1e30 (inside float's normal range once scaled by 1 - beta1).
   std::vector<T> g;
   for (int e = -30; e <= 30; e += 3) {
@@ -107,7 +110,7 @@ TEMPLATE_TEST_CASE("Lion: every element moves by exactly lr (plus decay), whatev
   const std::size_t n = g.size();
   auto p = eighths<T>(n);
   const auto p0 = p;
-  LionOpt<T> opt({.fallback = {.lr = k_lr, .weight_decay = k_wd}});
+  muon::MuonLion<TestType> opt({.fallback = {.lr = k_lr, .weight_decay = k_wd}});
   opt.add("b", muon::raw(p.data(), {static_cast<index_t>(n)}), muon::raw(g.data(), {static_cast<index_t>(n)}));
   REQUIRE(opt.step().all_applied());
   for (std::size_t i = 0; i < n; ++i) {
@@ -116,15 +119,15 @@ TEMPLATE_TEST_CASE("Lion: every element moves by exactly lr (plus decay), whatev
   }
 }
 
-TEMPLATE_TEST_CASE("Lion: the sign uses the momentum from before this step", "[lion]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Lion: the sign uses the momentum from before this step", "[lion]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   // beta2 = 0 makes m the last gradient; beta1 = 0.9 weighs the old m heavily. Step 1 (g = 1)
   // moves p down by lr. At step 2, 0.9 * m_old + 0.1 * g2 with m_old = 1:
   //   g2 = -0.05: +0.895 -> down again (the updated m, -0.05, would have sent it up);
   //   g2 = -20:   -1.1   -> up.
   const auto [g2, expected] = GENERATE(std::pair<double, double>{-0.05, -2 * k_lr}, std::pair<double, double>{-20.0, 0.0});
   std::vector<T> p{T(0)}, g{T(1)};
-  LionOpt<T> opt({.fallback = {.lr = k_lr, .beta1 = 0.9, .beta2 = 0.0}});
+  muon::MuonLion<TestType> opt({.fallback = {.lr = k_lr, .beta1 = 0.9, .beta2 = 0.0}});
   opt.add("s", muon::raw(p.data(), {1}), muon::raw(g.data(), {1}));
   REQUIRE(opt.step().all_applied());
   CHECK(p[0] == T(-k_lr));
@@ -136,9 +139,9 @@ TEMPLATE_TEST_CASE("Lion: the sign uses the momentum from before this step", "[l
   CHECK(snap.at("s/fallback/step") == std::vector<double>{2.0});
 }
 
-TEMPLATE_TEST_CASE("Lion: gradients near the largest finite value keep parameters and momentum finite", "[lion]", float,
-                   double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Lion: gradients near the largest finite value keep parameters and momentum finite", "[lion]",
+                   MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   constexpr T big = std::numeric_limits<T>::max();
   const auto [beta1, beta2] = GENERATE(std::pair<double, double>{0.9, 0.99}, std::pair<double, double>{0.0, 0.0},
                                        std::pair<double, double>{0.5, 0.999}, std::pair<double, double>{0.999999, 0.3},
@@ -147,7 +150,7 @@ TEMPLATE_TEST_CASE("Lion: gradients near the largest finite value keep parameter
   auto p = eighths<T>(n);
   const auto p0 = p;
   std::vector<T> g(n);
-  LionOpt<T> opt({.fallback = {.lr = 1e-3, .beta1 = beta1, .beta2 = beta2, .weight_decay = 0.1}});
+  muon::MuonLion<TestType> opt({.fallback = {.lr = 1e-3, .beta1 = beta1, .beta2 = beta2, .weight_decay = 0.1}});
   opt.add("e", muon::raw(p.data(), {static_cast<index_t>(n)}), muon::raw(g.data(), {static_cast<index_t>(n)}));
   for (std::size_t t = 0; t < steps; ++t) {
     // Runs of the same sign (m grows towards max) broken by flips (m's terms cancel).
@@ -166,10 +169,11 @@ TEMPLATE_TEST_CASE("Lion: gradients near the largest finite value keep parameter
   for (double m : snap.at("e/fallback/exp_avg")) CHECK(std::isfinite(m));
 }
 
-TEMPLATE_TEST_CASE("Lion: a skipped (non-finite) gradient leaves the tensor and its state alone", "[lion]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Lion: a skipped (non-finite) gradient leaves the tensor and its state alone", "[lion]",
+                   MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   std::vector<T> p{T(1), T(2)}, g{T(1), std::numeric_limits<T>::quiet_NaN()};
-  LionOpt<T> opt({.fallback = {.lr = k_lr}});
+  muon::MuonLion<TestType> opt({.fallback = {.lr = k_lr}});
   opt.add("b", muon::raw(p.data(), {2}), muon::raw(g.data(), {2}));
   const auto result = opt.step();
   CHECK_FALSE(result.all_applied());
@@ -214,8 +218,8 @@ TEST_CASE("Lion: options default to lion-pytorch's and bad values throw naming t
   CHECK_THROWS_WITH(LionOpt<float>({.fallback = {.beta2 = 1.5}}), Contains("'beta2'"));
 }
 
-TEMPLATE_TEST_CASE("MuonLion routes a bias to Lion and a matrix to Muon", "[lion][routing]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("MuonLion routes a bias to Lion and a matrix to Muon", "[lion][routing]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const index_t rows = 16, cols = 32;
   std::vector<T> w(static_cast<std::size_t>(rows * cols)), dw(w.size());
   for (std::size_t i = 0; i < w.size(); ++i) {
@@ -227,7 +231,7 @@ TEMPLATE_TEST_CASE("MuonLion routes a bias to Lion and a matrix to Muon", "[lion
   std::vector<T> db(b.size());
   for (std::size_t i = 0; i < db.size(); ++i) db[i] = (i % 3 == 0) ? T(-2) : T(0.5);
 
-  LionOpt<T> opt({.fallback = {.lr = k_lr, .weight_decay = k_wd}});
+  muon::MuonLion<TestType> opt({.fallback = {.lr = k_lr, .weight_decay = k_wd}});
   opt.add("w", muon::raw(w.data(), {rows, cols}), muon::raw(dw.data(), {rows, cols}));
   opt.add("b", muon::raw(b.data(), {rows}), muon::raw(db.data(), {rows}), {.role = muon::Role::bias});
   CHECK(opt.path(opt.id("w")) == muon::Path::matrix);

@@ -2,6 +2,8 @@
 // (momentum with first-step buffer = g, dampening, Nesterov, coupled L2 weight decay).
 #include <catch2/catch.hpp>
 
+#include "support/backends.hpp"
+
 #include <muon/backend/eigen.hpp>
 #include <muon/muon.hpp>
 #include <random>
@@ -30,8 +32,8 @@ std::vector<double> reference_sgd(std::vector<double> p, const std::vector<std::
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("SGD fallback follows torch.optim.SGD", "[sgd]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("SGD fallback follows torch.optim.SGD", "[sgd]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const auto config = GENERATE(SgdConfig{0.1, 0.0, 0.0, 0.0, false}, SgdConfig{0.05, 0.9, 0.0, 0.0, false},
                                SgdConfig{0.05, 0.9, 0.0, 1e-2, true}, SgdConfig{0.02, 0.8, 0.3, 1e-3, false});
   std::mt19937 rng(5);
@@ -47,7 +49,7 @@ TEMPLATE_TEST_CASE("SGD fallback follows torch.optim.SGD", "[sgd]", float, doubl
   std::vector<T> p(p0.begin(), p0.end()), g(n);
   std::vector<double> p0_rounded(p.begin(), p.end());
   std::vector<std::vector<double>> grads_rounded;
-  muon::MuonSGD<muon::backend::Eigen<T>> opt({.fallback = {.lr = config.lr,
+  muon::MuonSGD<TestType> opt({.fallback = {.lr = config.lr,
                                                            .momentum = config.momentum,
                                                            .dampening = config.dampening,
                                                            .nesterov = config.nesterov,
