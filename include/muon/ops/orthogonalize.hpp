@@ -29,6 +29,7 @@
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
 #include "muon/core/functors.hpp"
+#include "muon/core/registration.hpp"
 #include "muon/core/tensor.hpp"
 #include "muon/core/workspace.hpp"
 #include "muon/policy/orthogonalizer/newton_schulz.hpp"
@@ -40,15 +41,6 @@
 namespace muon {
 
 namespace detail {
-
-// Whether an rvalue of X would take its elements with it (an Eigen Matrix does, a Map does not).
-template <class X>
-inline constexpr bool temporary_owns_storage_v = [] {
-  if constexpr (requires { tensor_adapter<std::remove_cvref_t<X>>::owns_storage; })
-    return static_cast<bool>(tensor_adapter<std::remove_cvref_t<X>>::owns_storage);
-  else
-    return false;
-}();
 
 // out[k] = in^T[k] for a row-major rows x cols `out` (in is cols x rows, row-major).
 template <class T>
@@ -79,7 +71,7 @@ class Orthogonalize {
   // x <- orth(x), per matrix of a rank-3 stack.
   template <TensorLike X>
   void operator()(X&& x) {
-    static_assert(!(std::is_rvalue_reference_v<X&&> && detail::temporary_owns_storage_v<X>),
+    static_assert(!(std::is_rvalue_reference_v<X&&> && detail::owns_storage_v<X>),
                   "muon::orthogonalize: the tensor is a temporary that owns its storage (the result would be "
                   "lost); pass an lvalue, or use the out-of-place form");
     const auto t = as_tensor(x);
@@ -96,7 +88,7 @@ class Orthogonalize {
   // in and a column-major out of the same logical shape are fine.
   template <TensorLike In, TensorLike Out>
   void operator()(In&& in, Out&& out) {
-    static_assert(!(std::is_rvalue_reference_v<Out&&> && detail::temporary_owns_storage_v<Out>),
+    static_assert(!(std::is_rvalue_reference_v<Out&&> && detail::owns_storage_v<Out>),
                   "muon::orthogonalize: out is a temporary that owns its storage (the result would be lost); "
                   "pass an lvalue");
     const auto ti = as_tensor(in);
