@@ -1,11 +1,12 @@
 // Parity with the golden vectors in tests/data/golden (made with float64 references checked
-// against PyTorch and the official codes; see tests/data/README.md). Typed over the Eigen
-// backend in float and double.
+// against PyTorch and the official codes; see tests/data/README.md). Typed over every backend in
+// MUON_TEST_BACKENDS, each held to the tolerance of its scalar.
 #include <catch2/catch.hpp>
 
-#include <muon/backend/eigen.hpp>
 #include <muon/muon.hpp>
 
+#include "support/backends.hpp"
+#include "support/buffers.hpp"
 #include "support/golden.hpp"
 #include "support/tolerance.hpp"
 
@@ -31,9 +32,9 @@ muon::Shape to_shape(const std::vector<std::size_t>& s) {
 }
 
 // Runs an orthogonalizer on a golden transform case and returns max |ours - expected|.
-template <class T, class O>
+template <class B, class O>
 double run_transform(const GoldenCase& c, O& orth) {
-  using B = muon::backend::Eigen<T>;
+  using T = typename B::value_type;
   B backend;
   auto x = cast_values<T>(c.array("input").values);
   const auto shape = to_shape(c.shape);
@@ -48,19 +49,21 @@ double run_transform(const GoldenCase& c, O& orth) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("Newton-Schulz matches the ns5 golden cases", "[golden][orthogonalizer]", float, double) {
+TEMPLATE_TEST_CASE("Newton-Schulz matches the ns5 golden cases", "[golden][orthogonalizer]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const auto names = muon::test::golden_case_names("ns5");
   REQUIRE(names.size() == 4);
   for (const auto& name : names) {
     const auto c = muon::test::load_golden_case(name);
     muon::policy::NewtonSchulz ns(muon::test::ns_options_from(c));
     const double err = run_transform<TestType>(c, ns);
-    INFO(name << ": max abs error " << err << ", tolerance " << muon::test::Tolerance<TestType>::golden(c.suggested_atol));
-    CHECK(err <= muon::test::Tolerance<TestType>::golden(c.suggested_atol));
+    INFO(name << ": max abs error " << err << ", tolerance " << muon::test::Tolerance<T>::golden(c.suggested_atol));
+    CHECK(err <= muon::test::Tolerance<T>::golden(c.suggested_atol));
   }
 }
 
-TEMPLATE_TEST_CASE("Polar Express matches its golden cases", "[golden][orthogonalizer]", float, double) {
+TEMPLATE_TEST_CASE("Polar Express matches its golden cases", "[golden][orthogonalizer]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const auto names = muon::test::golden_case_names("polar_express");
   REQUIRE(names.size() == 3);
   for (const auto& name : names) {
@@ -78,11 +81,12 @@ TEMPLATE_TEST_CASE("Polar Express matches its golden cases", "[golden][orthogona
     muon::policy::PolarExpress pe({.steps = steps});
     const double err = run_transform<TestType>(c, pe);
     INFO(name << ": max abs error " << err);
-    CHECK(err <= muon::test::Tolerance<TestType>::golden(c.suggested_atol));
+    CHECK(err <= muon::test::Tolerance<T>::golden(c.suggested_atol));
   }
 }
 
-TEMPLATE_TEST_CASE("SvdPolar matches the exact polar factor golden cases", "[golden][orthogonalizer]", float, double) {
+TEMPLATE_TEST_CASE("SvdPolar matches the exact polar factor golden cases", "[golden][orthogonalizer]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const auto names = muon::test::golden_case_names("msign_svd");
   REQUIRE(names.size() == 3);
   for (const auto& name : names) {
@@ -92,7 +96,7 @@ TEMPLATE_TEST_CASE("SvdPolar matches the exact polar factor golden cases", "[gol
     // The SVD runs in double for both backends, so the suggested (NumPy float32) tolerance holds
     // (golden/README.md section 5, msign_svd tolerance note).
     INFO(name << ": max abs error " << err);
-    CHECK(err <= muon::test::Tolerance<TestType>::golden(c.suggested_atol));
+    CHECK(err <= muon::test::Tolerance<T>::golden(c.suggested_atol));
   }
 }
 
@@ -117,44 +121,42 @@ double run_trajectory(const GoldenCase& c, Opt& opt, std::vector<T>& param, std:
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("Muon matches the torch.optim.Muon golden trajectories", "[golden][muon]", float, double) {
+TEMPLATE_TEST_CASE("Muon matches the torch.optim.Muon golden trajectories", "[golden][muon]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const auto names = muon::test::golden_case_names("muon");
   REQUIRE(names.size() == 8);
-  using Opt = muon::Muon<muon::backend::Eigen<TestType>>;
+  using Opt = muon::Muon<TestType>;
   for (const auto& name : names) {
     const auto c = muon::test::load_golden_case(name);
     const auto shape = to_shape(c.shape);
-    const double tol = muon::test::Tolerance<TestType>::golden(c.suggested_atol);
+    const double tol = muon::test::Tolerance<T>::golden(c.suggested_atol);
 
     SECTION(name + " (row-major raw buffer)") {
-      auto p = cast_values<TestType>(c.array("p0").values);
-      std::vector<TestType> g(p.size());
+      auto p = cast_values<T>(c.array("p0").values);
+      std::vector<T> g(p.size());
       Opt opt(muon::test::muon_options_from<typename Opt::Options>(c));
       opt.add("w", muon::raw(p.data(), shape), muon::raw(g.data(), shape));
       REQUIRE(opt.routing_report().entries.at(0).path == muon::Path::matrix);
-      const double err = run_trajectory<TestType>(
-          c, opt, p, g, [](const std::vector<TestType>& v) { return std::vector<double>(v.begin(), v.end()); },
-          [](const std::vector<TestType>& src, std::vector<TestType>& dst) { dst = src; });
+      const double err = run_trajectory<T>(
+          c, opt, p, g, [](const std::vector<T>& v) { return std::vector<double>(v.begin(), v.end()); },
+          [](const std::vector<T>& src, std::vector<T>& dst) { dst = src; });
       INFO(name << ": worst max-abs error over steps " << err << ", tolerance " << tol);
       CHECK(err <= tol);
     }
-    SECTION(name + " (column-major Eigen matrix)") {
-      using Mat = Eigen::Matrix<TestType, Eigen::Dynamic, Eigen::Dynamic>;
-      using RowMat = Eigen::Matrix<TestType, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-      const auto p0 = cast_values<TestType>(c.array("p0").values);
-      Mat W = Eigen::Map<const RowMat>(p0.data(), shape.rows(), shape.cols());
-      Mat G = Mat::Zero(shape.rows(), shape.cols());
+    SECTION(name + " (column-major buffer)") {
+      // Stored transposed: the optimizer works on the physical (cols x rows) view.
+      const auto rows = static_cast<std::size_t>(shape.rows()), cols = static_cast<std::size_t>(shape.cols());
+      auto p = muon::test::transposed<T>(c.array("p0").values, rows, cols);
+      std::vector<T> g(p.size());
       Opt opt(muon::test::muon_options_from<typename Opt::Options>(c));
-      opt.add("w", W, G);
-      std::vector<TestType> unused;
-      const double err = run_trajectory<TestType>(
-          c, opt, unused, unused,
-          [&W](const std::vector<TestType>&) {
-            RowMat r = W;
-            return std::vector<double>(r.data(), r.data() + r.size());
-          },
-          [&G, &shape](const std::vector<TestType>& src, std::vector<TestType>&) {
-            G = Eigen::Map<const RowMat>(src.data(), shape.rows(), shape.cols());
+      opt.add("w", muon::test::raw_col_major(p.data(), shape.rows(), shape.cols()),
+              muon::test::raw_col_major(g.data(), shape.rows(), shape.cols()));
+      const double err = run_trajectory<T>(
+          c, opt, p, g, [&](const std::vector<T>& v) { return muon::test::transposed<double>(v, cols, rows); },
+          [&](const std::vector<T>& src, std::vector<T>& dst) {
+            // Copy into the registered buffer (assigning a new vector would move its storage away).
+            const auto t = muon::test::transposed<T>(src, rows, cols);
+            std::copy(t.begin(), t.end(), dst.begin());
           });
       INFO(name << ": worst max-abs error over steps " << err << ", tolerance " << tol);
       CHECK(err <= tol);
@@ -162,16 +164,17 @@ TEMPLATE_TEST_CASE("Muon matches the torch.optim.Muon golden trajectories", "[go
   }
 }
 
-TEMPLATE_TEST_CASE("AdamW fallback matches the torch.optim.AdamW golden trajectories", "[golden][adamw]", float, double) {
+TEMPLATE_TEST_CASE("AdamW fallback matches the torch.optim.AdamW golden trajectories", "[golden][adamw]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const auto names = muon::test::golden_case_names("adamw");
   REQUIRE(names.size() == 2);
-  using Opt = muon::Muon<muon::backend::Eigen<TestType>>;
+  using Opt = muon::Muon<TestType>;
   for (const auto& name : names) {
     const auto c = muon::test::load_golden_case(name);
     const auto& h = c.hyperparameters;
     const auto shape = to_shape(c.shape);
-    auto p = cast_values<TestType>(c.array("p0").values);
-    std::vector<TestType> g(p.size());
+    auto p = cast_values<T>(c.array("p0").values);
+    std::vector<T> g(p.size());
     typename Opt::Options o;
     o.fallback = {.lr = h.at("lr").get<double>(),
                   .beta1 = h.at("beta1").get<double>(),
@@ -181,10 +184,10 @@ TEMPLATE_TEST_CASE("AdamW fallback matches the torch.optim.AdamW golden trajecto
     Opt opt(o);
     // A 2-D case would route to Muon; the override sends it to the fallback under test.
     opt.add("p", muon::raw(p.data(), shape), muon::raw(g.data(), shape), {.path = muon::Path::fallback});
-    const double err = run_trajectory<TestType>(
-        c, opt, p, g, [](const std::vector<TestType>& v) { return std::vector<double>(v.begin(), v.end()); },
-        [](const std::vector<TestType>& src, std::vector<TestType>& dst) { dst = src; });
-    const double tol = muon::test::Tolerance<TestType>::golden(c.suggested_atol);
+    const double err = run_trajectory<T>(
+        c, opt, p, g, [](const std::vector<T>& v) { return std::vector<double>(v.begin(), v.end()); },
+        [](const std::vector<T>& src, std::vector<T>& dst) { dst = src; });
+    const double tol = muon::test::Tolerance<T>::golden(c.suggested_atol);
     INFO(name << ": worst max-abs error over steps " << err << ", tolerance " << tol);
     CHECK(err <= tol);
   }
