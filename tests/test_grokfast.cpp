@@ -1,7 +1,7 @@
 // Grokfast gradient filters (GrokfastEMA, GrokfastMA): golden parity with the official code's
 // semantics (tests/data/golden, grokfast_ema+adamw and grokfast_ma+sgd), and properties: the
 // user's gradient is never written, warm-up, mean vs sum, the matrix path, NaN skips, bad
-// options, state and memory reports. Typed over the Eigen backend in float and double.
+// options, state and memory reports. Typed over every backend in MUON_TEST_BACKENDS.
 //
 // Several tests read the filtered gradient g' directly: with plain SGD (lr 1, no momentum, no
 // weight decay) as the fallback and the parameter set to 0 before each step, the step writes
@@ -18,6 +18,7 @@
 #include <muon/backend/eigen.hpp>
 #include <muon/muon.hpp>
 
+#include "support/backends.hpp"
 #include "support/golden.hpp"
 #include "support/tolerance.hpp"
 
@@ -27,16 +28,16 @@ using muon::index_t;
 using muon::policy::GrokfastEMA;
 using muon::policy::GrokfastMA;
 
-template <class T, class Filter, class Fb>
-using Composition = muon::Optimizer<muon::backend::Eigen<T>, Filter, muon::policy::ShapeRoleRouter,
+template <class B, class Filter, class Fb>
+using Composition = muon::Optimizer<B, Filter, muon::policy::ShapeRoleRouter,
                                     muon::policy::NewtonSchulz, muon::policy::NoConstraint, Fb>;
 
-template <class T>
-using EmaAdamW = Composition<T, GrokfastEMA, muon::policy::AdamW>;
-template <class T>
-using EmaSGD = Composition<T, GrokfastEMA, muon::policy::SGD>;
-template <class T>
-using MaSGD = Composition<T, GrokfastMA, muon::policy::SGD>;
+template <class B>
+using EmaAdamW = Composition<B, GrokfastEMA, muon::policy::AdamW>;
+template <class B>
+using EmaSGD = Composition<B, GrokfastEMA, muon::policy::SGD>;
+template <class B>
+using MaSGD = Composition<B, GrokfastMA, muon::policy::SGD>;
 
 template <class T>
 std::vector<T> cast_values(const std::vector<double>& v) {
@@ -159,8 +160,8 @@ double run_golden(const muon::test::GoldenCase& c, Opt& opt) {
 
 // ---- golden parity -----------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("GrokfastEMA + AdamW matches the grokfast_ema+adamw golden trajectory", "[golden][grokfast]", float,
-                   double) {
+TEMPLATE_TEST_CASE("GrokfastEMA + AdamW matches the grokfast_ema+adamw golden trajectory", "[golden][grokfast]",
+                   MUON_TEST_BACKENDS) {
   const auto c = muon::test::load_golden_case("grokfast_ema_adamw_16x24");
   REQUIRE(c.algorithm == "grokfast_ema+adamw");
   const auto& h = c.hyperparameters;
@@ -174,14 +175,14 @@ TEMPLATE_TEST_CASE("GrokfastEMA + AdamW matches the grokfast_ema+adamw golden tr
                 .eps = a.at("eps").get<double>(),
                 .weight_decay = a.at("weight_decay").get<double>()};
   EmaAdamW<TestType> opt(o);
-  const double err = run_golden<TestType>(c, opt);
-  const double tol = muon::test::Tolerance<TestType>::golden(c.suggested_atol);
+  const double err = run_golden<typename TestType::value_type>(c, opt);
+  const double tol = muon::test::Tolerance<typename TestType::value_type>::golden(c.suggested_atol);
   INFO(c.name << ": worst max-abs error over steps " << err << ", tolerance " << tol);
   CHECK(err <= tol);
 }
 
-TEMPLATE_TEST_CASE("GrokfastMA + SGD matches the grokfast_ma+sgd golden trajectory", "[golden][grokfast]", float,
-                   double) {
+TEMPLATE_TEST_CASE("GrokfastMA + SGD matches the grokfast_ma+sgd golden trajectory", "[golden][grokfast]",
+                   MUON_TEST_BACKENDS) {
   const auto c = muon::test::load_golden_case("grokfast_ma_sgd_w5_mean_16x24");
   REQUIRE(c.algorithm == "grokfast_ma+sgd");
   const auto& h = c.hyperparameters.at("grokfast_ma");
@@ -196,19 +197,20 @@ TEMPLATE_TEST_CASE("GrokfastMA + SGD matches the grokfast_ma+sgd golden trajecto
                 .momentum = s.at("momentum").get<double>(),
                 .weight_decay = s.at("weight_decay").get<double>()};
   MaSGD<TestType> opt(o);
-  const double err = run_golden<TestType>(c, opt);
-  const double tol = muon::test::Tolerance<TestType>::golden(c.suggested_atol);
+  const double err = run_golden<typename TestType::value_type>(c, opt);
+  const double tol = muon::test::Tolerance<typename TestType::value_type>::golden(c.suggested_atol);
   INFO(c.name << ": worst max-abs error over steps " << err << ", tolerance " << tol);
   CHECK(err <= tol);
 }
 
 // ---- filtered gradients against the official semantics ------------------------------------------
 
-TEMPLATE_TEST_CASE("GrokfastEMA: g' = g + lamb h, h starts at the first gradient", "[grokfast]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("GrokfastEMA: g' = g + lamb h, h starts at the first gradient", "[grokfast]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const auto grads = random_grads<T>(12, 37, 1);
   const double alpha = 0.9, lamb = 3.0;
-  EmaSGD<T> opt({.filter = {.alpha = alpha, .lamb = lamb}, .fallback = {.lr = 1.0}});
+  EmaSGD<B> opt({.filter = {.alpha = alpha, .lamb = lamb}, .fallback = {.lr = 1.0}});
   const auto ours = filtered_gradients<T>(opt, grads);
   const auto ref = reference_ema(grads, alpha, lamb);
   CHECK(max_diff(ours, ref) <= 10 * loose_tol<T>());
@@ -218,11 +220,12 @@ TEMPLATE_TEST_CASE("GrokfastEMA: g' = g + lamb h, h starts at the first gradient
   CHECK(opt.state_snapshot().at("p/filter/steps") == std::vector<double>{12});
 }
 
-TEMPLATE_TEST_CASE("GrokfastMA: warm-up passes gradients unchanged for window - 1 steps", "[grokfast]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("GrokfastMA: warm-up passes gradients unchanged for window - 1 steps", "[grokfast]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const int window = 4;
   const auto grads = random_grads<T>(11, 29, 2);
-  MaSGD<T> opt({.filter = {.window = window, .lamb = 5.0}, .fallback = {.lr = 1.0}});
+  MaSGD<B> opt({.filter = {.window = window, .lamb = 5.0}, .fallback = {.lr = 1.0}});
   const auto ours = filtered_gradients<T>(opt, grads);
   for (int t = 0; t < window - 1; ++t) {
     INFO("step " << t + 1);
@@ -232,26 +235,28 @@ TEMPLATE_TEST_CASE("GrokfastMA: warm-up passes gradients unchanged for window - 
   CHECK(max_diff(ours, reference_ma(grads, window, 5.0, true, true)) <= 10 * loose_tol<T>());
 }
 
-TEMPLATE_TEST_CASE("GrokfastMA: without warm-up every step is filtered over the gradients held", "[grokfast]", float,
-                   double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("GrokfastMA: without warm-up every step is filtered over the gradients held", "[grokfast]",
+                   MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const auto grads = random_grads<T>(9, 23, 3);
   for (const auto reduction : {GrokfastMA::Reduction::mean, GrokfastMA::Reduction::sum}) {
-    MaSGD<T> opt({.filter = {.window = 5, .lamb = 2.0, .reduction = reduction, .warmup = false}, .fallback = {.lr = 1.0}});
+    MaSGD<B> opt({.filter = {.window = 5, .lamb = 2.0, .reduction = reduction, .warmup = false}, .fallback = {.lr = 1.0}});
     const auto ours = filtered_gradients<T>(opt, grads);
     const auto ref = reference_ma(grads, 5, 2.0, reduction == GrokfastMA::Reduction::mean, false);
     CHECK(max_diff(ours, ref) <= 20 * loose_tol<T>());
   }
 }
 
-TEMPLATE_TEST_CASE("GrokfastMA: sum is window times mean", "[grokfast]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("GrokfastMA: sum is window times mean", "[grokfast]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const int window = 3;
   const double lamb = 1.5;
   const auto grads = random_grads<T>(8, 31, 4);
-  MaSGD<T> mean_opt({.filter = {.window = window, .lamb = lamb, .reduction = GrokfastMA::Reduction::mean},
+  MaSGD<B> mean_opt({.filter = {.window = window, .lamb = lamb, .reduction = GrokfastMA::Reduction::mean},
                      .fallback = {.lr = 1.0}});
-  MaSGD<T> sum_opt({.filter = {.window = window, .lamb = lamb, .reduction = GrokfastMA::Reduction::sum},
+  MaSGD<B> sum_opt({.filter = {.window = window, .lamb = lamb, .reduction = GrokfastMA::Reduction::sum},
                     .fallback = {.lr = 1.0}});
   const auto mean = filtered_gradients<T>(mean_opt, grads);
   const auto sum = filtered_gradients<T>(sum_opt, grads);
@@ -262,10 +267,11 @@ TEMPLATE_TEST_CASE("GrokfastMA: sum is window times mean", "[grokfast]", float, 
             Approx(window * (mean[t][i] - grads[t][i])).epsilon(20 * loose_tol<T>()).margin(20 * loose_tol<T>()));
 }
 
-TEMPLATE_TEST_CASE("GrokfastMA: the ring wraps many times without drifting", "[grokfast]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("GrokfastMA: the ring wraps many times without drifting", "[grokfast]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const auto grads = random_grads<T>(203, 7, 5);
-  MaSGD<T> opt({.filter = {.window = 6, .lamb = 5.0}, .fallback = {.lr = 1.0}});
+  MaSGD<B> opt({.filter = {.window = 6, .lamb = 5.0}, .fallback = {.lr = 1.0}});
   const auto ours = filtered_gradients<T>(opt, grads);
   CHECK(max_diff(ours, reference_ma(grads, 6, 5.0, true, true)) <= 20 * loose_tol<T>());
   const auto snap = opt.state_snapshot();
@@ -275,8 +281,9 @@ TEMPLATE_TEST_CASE("GrokfastMA: the ring wraps many times without drifting", "[g
 
 // ---- the user's gradient ---------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("Grokfast filters never write the user's gradient", "[grokfast]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Grokfast filters never write the user's gradient", "[grokfast]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const auto grads = random_grads<T>(6, 16 * 24, 6);
   auto run = [&](auto& opt) {
     std::vector<T> p(16 * 24, T(0.1)), w(16 * 24, T(0.2)), g(16 * 24), gw(16 * 24);
@@ -291,22 +298,23 @@ TEMPLATE_TEST_CASE("Grokfast filters never write the user's gradient", "[grokfas
       CHECK(gw == before);
     }
   };
-  EmaAdamW<T> ema;
+  EmaAdamW<B> ema;
   run(ema);
-  MaSGD<T> ma({.filter = {.window = 3}});
+  MaSGD<B> ma({.filter = {.window = 3}});
   run(ma);
 }
 
 // ---- in front of the Muon matrix path --------------------------------------------------------
 
-TEMPLATE_TEST_CASE("GrokfastEMA in front of the matrix path: momentum takes the filtered gradient", "[grokfast]", float,
-                   double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("GrokfastEMA in front of the matrix path: momentum takes the filtered gradient", "[grokfast]",
+                   MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const std::size_t n = 16 * 24;
   const auto grads = random_grads<T>(2, n, 7);
   const double alpha = 0.98, lamb = 2.0, beta = 0.95;
-  EmaAdamW<T> opt({.momentum = beta, .filter = {.alpha = alpha, .lamb = lamb}});
-  muon::Muon<muon::backend::Eigen<T>> plain({.momentum = beta});
+  EmaAdamW<B> opt({.momentum = beta, .filter = {.alpha = alpha, .lamb = lamb}});
+  muon::Muon<B> plain({.momentum = beta});
   std::vector<T> w(n, T(0.05)), g(n), w_plain(n, T(0.05)), g_plain(n);
   opt.add("w", muon::raw(w.data(), {16, 24}), muon::raw(g.data(), {16, 24}));
   plain.add("w", muon::raw(w_plain.data(), {16, 24}), muon::raw(g_plain.data(), {16, 24}));
@@ -333,10 +341,11 @@ TEMPLATE_TEST_CASE("GrokfastEMA in front of the matrix path: momentum takes the 
   CHECK(differs);
 }
 
-TEMPLATE_TEST_CASE("GrokfastMA in front of the matrix path (column-major Eigen matrix)", "[grokfast]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("GrokfastMA in front of the matrix path (column-major Eigen matrix)", "[grokfast]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  // column-major: transposed physical view
-  using Opt = Composition<T, GrokfastMA, muon::policy::AdamW>;
+  using Opt = Composition<B, GrokfastMA, muon::policy::AdamW>;
   const auto grads = random_grads<T>(3, 24 * 16, 8);
   const double beta = 0.9, lamb = 4.0;
   Opt opt({.momentum = beta, .filter = {.window = 2, .lamb = lamb, .reduction = GrokfastMA::Reduction::sum}});
@@ -358,9 +367,10 @@ TEMPLATE_TEST_CASE("GrokfastMA in front of the matrix path (column-major Eigen m
 
 // ---- NaN gradients ---------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("Grokfast: a NaN gradient skips the tensor and leaves its filter state alone", "[grokfast]", float,
-                   double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Grokfast: a NaN gradient skips the tensor and leaves its filter state alone", "[grokfast]",
+                   MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const std::size_t n = 16 * 24;
   auto run = [&](auto& opt, const std::vector<std::string>& keys) {
     std::vector<T> a(n, T(0.1)), b(n, T(0.1)), ga(n), gb(n);
@@ -393,9 +403,9 @@ TEMPLATE_TEST_CASE("Grokfast: a NaN gradient skips the tensor and leaves its fil
     REQUIRE(opt.step().all_applied());
     CHECK(std::all_of(a.begin(), a.end(), [](T x) { return std::isfinite(x); }));
   };
-  EmaAdamW<T> ema;
+  EmaAdamW<B> ema;
   run(ema, {"ema", "steps"});
-  MaSGD<T> ma({.filter = {.window = 2}});
+  MaSGD<B> ma({.filter = {.window = 2}});
   run(ma, {"window", "count", "head"});
 }
 
@@ -420,8 +430,8 @@ TEST_CASE("Grokfast: bad options throw muon::Error naming the option", "[grokfas
   CHECK_NOTHROW(GrokfastMA({.window = 1}));
 
   // Through the composition's options, before any state exists.
-  CHECK_THROWS_WITH(EmaAdamW<float>({.filter = {.alpha = 1.5}}), Contains("alpha"));
-  CHECK_THROWS_WITH(MaSGD<double>({.filter = {.window = 0}}), Contains("window"));
+  CHECK_THROWS_WITH(EmaAdamW<muon::backend::Eigen<float>>({.filter = {.alpha = 1.5}}), Contains("alpha"));
+  CHECK_THROWS_WITH(MaSGD<muon::backend::Eigen<double>>({.filter = {.window = 0}}), Contains("window"));
 
   // Defaults are the official code's.
   CHECK(GrokfastEMA{}.options().alpha == 0.98);
@@ -432,22 +442,21 @@ TEST_CASE("Grokfast: bad options throw muon::Error naming the option", "[grokfas
   CHECK(GrokfastMA{}.options().warmup);
 }
 
-TEST_CASE("Grokfast filters satisfy the GradientFilter concept", "[grokfast]") {
-  STATIC_REQUIRE(muon::GradientFilter<GrokfastEMA, muon::backend::Eigen<float>>);
-  STATIC_REQUIRE(muon::GradientFilter<GrokfastEMA, muon::backend::Eigen<double>>);
-  STATIC_REQUIRE(muon::GradientFilter<GrokfastMA, muon::backend::Eigen<float>>);
-  STATIC_REQUIRE(muon::GradientFilter<GrokfastMA, muon::backend::Eigen<double>>);
+TEMPLATE_TEST_CASE("Grokfast filters satisfy the GradientFilter concept", "[grokfast]", MUON_TEST_BACKENDS) {
+  STATIC_REQUIRE(muon::GradientFilter<GrokfastEMA, TestType>);
+  STATIC_REQUIRE(muon::GradientFilter<GrokfastMA, TestType>);
 }
 
 // ---- state and memory reports ------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("Grokfast state shows in state_snapshot and memory_report", "[grokfast]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Grokfast state shows in state_snapshot and memory_report", "[grokfast]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const std::size_t nm = 16 * 24, nv = 40;
   std::vector<T> w(nm), gw(nm, T(1)), v(nv), gv(nv, T(1));
 
   SECTION("GrokfastEMA: one copy of each tensor") {
-    EmaAdamW<T> opt;
+    EmaAdamW<B> opt;
     opt.add("w", muon::raw(w.data(), {16, 24}), muon::raw(gw.data(), {16, 24}));
     opt.add("v", muon::raw(v.data(), {static_cast<index_t>(nv)}), muon::raw(gv.data(), {static_cast<index_t>(nv)}));
     CHECK(opt.memory_report().filter_state_bytes == (nm + nv) * sizeof(T));
@@ -460,7 +469,7 @@ TEMPLATE_TEST_CASE("Grokfast state shows in state_snapshot and memory_report", "
   }
   SECTION("GrokfastMA: window copies of each tensor (plus a row of ones)") {
     const int window = 7;
-    MaSGD<T> opt({.filter = {.window = window}});
+    MaSGD<B> opt({.filter = {.window = window}});
     opt.add("w", muon::raw(w.data(), {16, 24}), muon::raw(gw.data(), {16, 24}));
     opt.add("v", muon::raw(v.data(), {static_cast<index_t>(nv)}), muon::raw(gv.data(), {static_cast<index_t>(nv)}));
     CHECK(opt.memory_report().filter_state_bytes == (window * (nm + nv) + 2 * window) * sizeof(T));
@@ -477,9 +486,10 @@ TEMPLATE_TEST_CASE("Grokfast state shows in state_snapshot and memory_report", "
 
 // ---- checkpoints -------------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("Grokfast state survives a checkpoint: resuming is bit-identical", "[grokfast][checkpoint]", float,
-                   double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("Grokfast state survives a checkpoint: resuming is bit-identical", "[grokfast][checkpoint]",
+                   MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   const std::size_t n = 12 * 20;
   const auto grads = random_grads<T>(14, n, 10);
   auto check = [&](auto make, std::size_t save_at) {
@@ -505,9 +515,9 @@ TEMPLATE_TEST_CASE("Grokfast state survives a checkpoint: resuming is bit-identi
     CHECK(pa == pb);
   };
   INFO("GrokfastEMA");
-  check([] { return EmaAdamW<T>({.filter = {.alpha = 0.9}}); }, 5);
+  check([] { return EmaAdamW<B>({.filter = {.alpha = 0.9}}); }, 5);
   for (const std::size_t save_at : {2, 4, 9}) {  // warming up, just full, wrapped
     INFO("GrokfastMA, saved after step " << save_at);
-    check([] { return Composition<T, GrokfastMA, muon::policy::AdamW>({.filter = {.window = 4}}); }, save_at);
+    check([] { return Composition<B, GrokfastMA, muon::policy::AdamW>({.filter = {.window = 4}}); }, save_at);
   }
 }
