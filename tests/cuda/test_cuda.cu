@@ -460,3 +460,121 @@ TEST_CASE("Cuda: a NaN gradient skips that tensor, as on the Eigen backend", "[c
   REQUIRE(r.skipped.size() == 1);
   CHECK(dw.download() == w);
 }
+
+// ---- bf16 products (Cuda<float> is a backend::Bf16Products) -------------------------------------
+
+TEST_CASE("Cuda: bf16 conversion rounds exactly as the CPU backends do", "[cuda][bf16]") {
+  MUON_CUDA_REQUIRE_DEVICE();
+  Cuda<float> gpu;
+  std::vector<float> x = random_values<float>(4096, 21, 3.0);
+  const float specials[] = {0.0f, -0.0f, 1.0f + 0x1p-8f /* a tie: to even */, 1.0f + 3 * 0x1p-8f, 0x1p-130f /* subnormal */,
+                            std::numeric_limits<float>::max(), -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN()};
+  std::copy(std::begin(specials), std::end(specials), x.begin());
+  DeviceVec<float> dx(x);
+  DeviceVec<muon::bfloat16> d16(std::vector<muon::bfloat16>(x.size()));
+  gpu.convert(MatrixView<const float>{dx.data(), 1, 64, 64}, MatrixView<muon::bfloat16>{d16.data(), 1, 64, 64});
+  const auto got = d16.download();
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) differ += got[i].bits != muon::detail::float_to_bf16(x[i]);
+  CHECK(differ == 0);
+  CHECK(gpu.bf16_unavailable_reason().empty());  // sm_80 and newer; the checks run on sm_90
+}
+
+TEST_CASE("Cuda: bf16 products equal a double product of the rounded operands", "[cuda][bf16]") {
+  MUON_CUDA_REQUIRE_DEVICE();
+  Cuda<float> gpu;
+  const index_t batch = 2, m = 24, k = 260, n = 20;
+  const auto a = random_values<float>(static_cast<std::size_t>(batch * m * k), 31);
+  const auto b = random_values<float>(static_cast<std::size_t>(batch * k * n), 32);
+  auto rounded = [](const std::vector<float>& v) {
+    std::vector<float> r(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) r[i] = muon::detail::bf16_to_float(muon::detail::float_to_bf16(v[i]));
+    return r;
+  };
+  auto ar = rounded(a), br = rounded(b);
+  DeviceVec<float> da(a), db(b);
+  DeviceVec<muon::bfloat16> a16(std::vector<muon::bfloat16>(a.size())), b16(std::vector<muon::bfloat16>(b.size()));
+  gpu.convert(MatrixView<const float>{da.data(), batch, m, k}, MatrixView<muon::bfloat16>{a16.data(), batch, m, k});
+  gpu.convert(MatrixView<const float>{db.data(), batch, k, n}, MatrixView<muon::bfloat16>{b16.data(), batch, k, n});
+
+  SECTION("gemm, float accumulation: a few float ulps of sums of 260 unit terms") {
+    DeviceVec<float> dc(std::vector<float>(static_cast<std::size_t>(batch * m * n), std::numeric_limits<float>::quiet_NaN()));
+    gpu.gemm(Trans::no, Trans::no, 1.0f, MatrixView<const muon::bfloat16>{a16.data(), batch, m, k},
+             MatrixView<const muon::bfloat16>{b16.data(), batch, k, n}, 0.0f, MatrixView<float>{dc.data(), batch, m, n});
+    std::vector<float> c(static_cast<std::size_t>(batch * m * n));
+    host_gemm(Trans::no, Trans::no, 1.0f, MatrixView<const float>{ar.data(), batch, m, k},
+              MatrixView<const float>{br.data(), batch, k, n}, 0.0f, MatrixView<float>{c.data(), batch, m, n});
+    CHECK(max_abs_diff(dc.download(), c) < 2e-4);
+  }
+  SECTION("syrk: A A^T exactly symmetric, beta folds in the old C") {
+    std::vector<float> c0(static_cast<std::size_t>(batch * m * m));
+    for (index_t s = 0; s < batch; ++s)  // a symmetric C on entry
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < m; ++j) c0[static_cast<std::size_t>((s * m + i) * m + j)] = 0.01f * static_cast<float>(i + j);
+    DeviceVec<float> dc(c0);
+    gpu.syrk(Trans::no, 0.5f, MatrixView<const muon::bfloat16>{a16.data(), batch, m, k}, 2.0f,
+             MatrixView<float>{dc.data(), batch, m, m});
+    std::vector<float> c = c0;
+    host_gemm(Trans::no, Trans::yes, 0.5f, MatrixView<const float>{ar.data(), batch, m, k},
+              MatrixView<const float>{ar.data(), batch, m, k}, 2.0f, MatrixView<float>{c.data(), batch, m, m});
+    const auto got = dc.download();
+    CHECK(max_abs_diff(got, c) < 2e-4);
+    std::size_t asymmetric = 0;
+    for (index_t s = 0; s < batch; ++s)
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < i; ++j)
+          asymmetric += got[static_cast<std::size_t>((s * m + i) * m + j)] != got[static_cast<std::size_t>((s * m + j) * m + i)];
+    CHECK(asymmetric == 0);
+  }
+}
+
+TEST_CASE("Cuda: Newton-Schulz in bf16 precision is within the CPU's bf16 tolerance of the golden cases",
+          "[cuda][bf16][golden]") {
+  MUON_CUDA_REQUIRE_DEVICE();
+  // The same bound as tests/test_bf16.cpp (3e-2; the CPU's worst case is 2.1e-2): bf16 keeps 8
+  // significant bits and the iterations do not damp the operands' rounding.
+  double worst = 0;
+  for (const std::string family : {"ns5", "polar_express"}) {
+    for (const auto& name : muon::test::golden_case_names(family)) {
+      const auto c = muon::test::load_golden_case(name);
+      auto o = muon::test::ns_options_from(c);
+      o.precision = muon::Precision::bf16;
+      muon::policy::NewtonSchulz ns(o);
+      const auto& in = c.array("input").values;
+      const std::vector<float> x(in.begin(), in.end());
+      const auto& s = c.shape;
+      const index_t batch = s.size() == 3 ? static_cast<index_t>(s[0]) : 1;
+      const auto rows = static_cast<index_t>(s[s.size() - 2]), cols = static_cast<index_t>(s[s.size() - 1]);
+      Cuda<float> backend;
+      DeviceVec<float> dx(x);
+      muon::Workspace<Cuda<float>> ws;
+      ws.allocate(backend, ns.plan(backend, batch, rows, cols));
+      ns.apply(backend, MatrixView<float>{dx.data(), batch, rows, cols}, ws);
+      const double err = max_abs_diff(dx.download(), c.array("expected").values);
+      INFO(name << ": max abs error in bf16 on the GPU " << err);
+      CHECK(err <= 3e-2);
+      worst = std::max(worst, err);
+    }
+  }
+  CHECK(worst > 0);  // bf16 really ran (fp32 matches to ~1e-6)
+}
+
+TEST_CASE("Cuda: one lane whatever Options::threads says; the result does not depend on it", "[cuda]") {
+  MUON_CUDA_REQUIRE_DEVICE();
+  const auto w = random_values<float>(64 * 32, 41, 0.2), g = random_values<float>(64 * 32, 42);
+  const auto w2 = random_values<float>(32 * 32, 43, 0.2), g2 = random_values<float>(32 * 32, 44);
+  auto run = [&](int threads) {
+    DeviceVec<float> dw(w), dg(g), dw2(w2), dg2(g2);
+    muon::Muon<Cuda<float>> opt({.threads = threads});
+    opt.add("a", muon::raw(dw.data(), {64, 32}), muon::raw(dg.data(), {64, 32}));
+    opt.add("b", muon::raw(dw2.data(), {32, 32}), muon::raw(dg2.data(), {32, 32}));
+    for (int t = 0; t < 3; ++t) REQUIRE(opt.step().all_applied());
+    CHECK(opt.memory_report().workspace_copies == 1);
+    auto out = dw.download();
+    const auto b = dw2.download();
+    out.insert(out.end(), b.begin(), b.end());
+    return out;
+  };
+  CHECK(run(4) == run(1));
+}

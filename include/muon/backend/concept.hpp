@@ -148,4 +148,11 @@ concept Bf16Products =
 template <class B>
 concept Threaded = requires(B& b, ThreadPool* pool) { b.set_pool(pool); };
 
+// Enqueues its work on a device queue (a CUDA stream) instead of running it on the calling
+// thread: `static constexpr bool enqueues_on_device = true;`. The optimizer then runs every
+// tensor on one lane whatever Options::threads says, since host threads would only race to
+// enqueue onto the same queue.
+template <class B>
+concept DeviceQueue = requires { requires B::enqueues_on_device; };
+
 }  // namespace muon::backend

@@ -761,7 +761,8 @@ class Optimizer {
 
   void plan_schedule() {
     const int t = pool_->size();
-    const bool parallel = t > 1 && !options_.telemetry;  // telemetry's recorder is one per optimizer
+    // Telemetry's recorder is one per optimizer; a device backend runs one lane (DeviceQueue).
+    const bool parallel = t > 1 && !options_.telemetry && !backend::DeviceQueue<B>;
     split_slots_.clear();
     buckets_.clear();
     lane_jobs_.clear();

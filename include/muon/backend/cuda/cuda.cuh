@@ -13,9 +13,9 @@
 // Registering tensors: device pointers with a row-major shape, muon::raw(device_ptr, {rows,
 // cols}) (or any rank). Nothing reads them on the host.
 //
-// Copies of the backend (the optimizer makes one per extra lane when Options::threads > 1) share
-// the stream and get their own cuBLAS handle; Options::threads = 1 is the sensible setting on a
-// GPU (one lane, no host threads racing to enqueue).
+// The optimizer runs this backend on one lane whatever Options::threads says (it is a
+// backend::DeviceQueue: host threads would only race to enqueue on the one stream). A copy of the
+// backend shares the stream and gets its own cuBLAS handle.
 //
 // State: compiled in CI, not yet run on a GPU.
 #include <cublas_v2.h>
@@ -23,6 +23,7 @@
 
 #include <climits>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -50,6 +51,12 @@ inline int current_device() {
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   return device;
+}
+
+[[nodiscard]] inline int attribute(cudaDeviceAttr what, int device) {
+  int value = 0;
+  check(cudaDeviceGetAttribute(&value, what, device), "cudaDeviceGetAttribute");
+  return value;
 }
 
 // Functors for gemm with k == 0 (kernel arguments cannot be private nested types).
@@ -114,6 +121,8 @@ class Cuda {
  public:
   using value_type = T;
   using accum_type = double;
+  // Work is enqueued on a stream: the optimizer gives this backend one lane (backend::DeviceQueue).
+  static constexpr bool enqueues_on_device = true;
 
   // cuBLAS's recommended workspace on Hopper (32 MiB), reserved with the first product.
   static constexpr std::size_t k_cublas_workspace_bytes = std::size_t{32} << 20;
@@ -166,10 +175,13 @@ class Cuda {
   // when there is no device or the stream is not valid.
   explicit Cuda(cudaStream_t stream = nullptr)
       : device_(cuda_detail::current_device()),
+        cc_major_(cuda_detail::attribute(cudaDevAttrComputeCapabilityMajor, device_)),
+        cc_minor_(cuda_detail::attribute(cudaDevAttrComputeCapabilityMinor, device_)),
         stream_(checked_stream(stream)),
         blas_(std::make_unique<cuda_detail::Blas>(stream_)) {}
   // A copy (a lane of the optimizer) shares the stream and has its own cuBLAS handle and scratch.
-  Cuda(const Cuda& o) : device_(o.device_), stream_(o.stream_), blas_(std::make_unique<cuda_detail::Blas>(o.stream_)) {
+  Cuda(const Cuda& o)
+      : device_(o.device_), cc_major_(o.cc_major_), cc_minor_(o.cc_minor_), stream_(o.stream_), blas_(std::make_unique<cuda_detail::Blas>(o.stream_)) {
     if (o.blas_) blas_->reserve_workspace(o.blas_->workspace_bytes);
   }
   Cuda& operator=(const Cuda& o) {
@@ -192,39 +204,9 @@ class Cuda {
   // ---- Products ------------------------------------------------------------------------------
   void reserve_gemm(index_t, index_t, index_t) { blas_->reserve_workspace(k_cublas_workspace_bytes); }
 
-  // C = alpha op(A) op(B) + beta C over row-major slices. cuBLAS is column-major, and a
-  // row-major X is the column-major X^T with the same leading dimension, so C^T = op(B)^T op(A)^T
-  // is computed: the operands swap places and keep their transpose flags.
+  // C = alpha op(A) op(B) + beta C over row-major slices (cuBLAS strided-batched GEMM).
   void gemm(Trans ta, Trans tb, T alpha, MatrixView<const T> a, MatrixView<const T> b, T beta, MatrixView<T> c) {
-    const index_t k = ta == Trans::no ? a.cols : a.rows;
-    const bool shapes_agree = (ta == Trans::no ? a.rows : a.cols) == c.rows && (tb == Trans::no ? b.rows : b.cols) == k &&
-                              (tb == Trans::no ? b.cols : b.rows) == c.cols && (a.batch == c.batch || a.batch == 1) &&
-                              (b.batch == c.batch || b.batch == 1);
-    if (!shapes_agree) muon::detail::fail("muon::backend::Cuda::gemm: operand shapes do not agree");
-    if (c.empty()) return;
-    if (k == 0) {  // C = beta C (cuBLAS would too, but keep beta == 0 from reading C)
-      if (beta == T(0))
-        transform(c, cuda_detail::Zero<T>{}, c);
-      else
-        transform(c, cuda_detail::Scale<T>{beta}, c);
-      return;
-    }
-    const cublasOperation_t op_a = ta == Trans::no ? CUBLAS_OP_N : CUBLAS_OP_T;
-    const cublasOperation_t op_b = tb == Trans::no ? CUBLAS_OP_N : CUBLAS_OP_T;
-    const int m = cuda_detail::to_int(c.cols, "columns of C"), n = cuda_detail::to_int(c.rows, "rows of C"),
-              kk = cuda_detail::to_int(k, "the inner dimension");
-    const int lda = cuda_detail::to_int(a.cols, "A's row length"), ldb = cuda_detail::to_int(b.cols, "B's row length");
-    const int batch = cuda_detail::to_int(c.batch, "the batch");
-    const long long stride_a = a.batch == 1 ? 0 : a.slice_size(), stride_b = b.batch == 1 ? 0 : b.slice_size();
-    const long long stride_c = c.slice_size();
-    if constexpr (std::is_same_v<T, float>)
-      cuda_detail::check(cublasSgemmStridedBatched(blas_->handle, op_b, op_a, m, n, kk, &alpha, b.data, ldb, stride_b,
-                                                   a.data, lda, stride_a, &beta, c.data, m, stride_c, batch),
-                         "cublasSgemmStridedBatched");
-    else
-      cuda_detail::check(cublasDgemmStridedBatched(blas_->handle, op_b, op_a, m, n, kk, &alpha, b.data, ldb, stride_b,
-                                                   a.data, lda, stride_a, &beta, c.data, m, stride_c, batch),
-                         "cublasDgemmStridedBatched");
+    gemm_impl("gemm", ta, tb, alpha, a, b, beta, c);
   }
 
   void add_to_diagonal(MatrixView<T> c, T alpha) {
@@ -234,6 +216,47 @@ class Cuda {
         <<<cuda_detail::blocks_for(c.batch * d), cuda_detail::k_threads, 0, stream_>>>(c.data, c.batch, c.rows, c.cols, d,
                                                                                         alpha);
     cuda_detail::check_launch("muon::backend::Cuda::add_to_diagonal (kernel launch)");
+  }
+
+  // ---- bf16 products (Cuda<float>): bf16 operands, float accumulation and results ---------
+  // What NewtonSchulz's Precision::bf16 runs on (backend::Bf16Products): tensor-core GEMMs
+  // through cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F.
+  [[nodiscard]] std::string bf16_unavailable_reason() const
+    requires std::is_same_v<T, float>
+  {
+    if (cc_major_ >= 8) return {};
+    return "bf16 products need a GPU of compute capability 8.0 or newer; device " + std::to_string(device_) + " is " +
+           std::to_string(cc_major_) + "." + std::to_string(cc_minor_);
+  }
+  void gemm(Trans ta, Trans tb, float alpha, MatrixView<const bfloat16> a, MatrixView<const bfloat16> b, float beta,
+            MatrixView<float> c)
+    requires std::is_same_v<T, float>
+  {
+    gemm_impl("gemm (bf16)", ta, tb, alpha, a, b, beta, c);
+  }
+  // C = alpha op(A) op(A)^T + beta C, exactly symmetric. cuBLAS has no bf16 symmetric product,
+  // so this is a general product (no flops saved) whose lower triangle is then copied from the
+  // upper one; C must be square and, when beta != 0, symmetric on entry.
+  void syrk(Trans t, float alpha, MatrixView<const bfloat16> a, float beta, MatrixView<float> c)
+    requires std::is_same_v<T, float>
+  {
+    gemm_impl("syrk (bf16)", t, t == Trans::no ? Trans::yes : Trans::no, alpha, a, a, beta, c);
+    if (c.rows != c.cols) muon::detail::fail("muon::backend::Cuda::syrk: C is not square");
+    if (c.empty()) return;
+    cuda_detail::mirror_upper_kernel<float>
+        <<<cuda_detail::blocks_for(c.size()), cuda_detail::k_threads, 0, stream_>>>(c.data, c.batch, c.rows);
+    cuda_detail::check_launch("muon::backend::Cuda::syrk (mirror kernel launch)");
+  }
+  // dst = src rounded to bf16 (nearest even; NaN stays NaN), bit-identical to the CPU backends.
+  void convert(MatrixView<const T> src, MatrixView<bfloat16> dst)
+    requires std::is_same_v<T, float>
+  {
+    if (src.size() != dst.size()) muon::detail::fail("muon::backend::Cuda::convert: views of different sizes");
+    if (src.empty()) return;
+    static_assert(sizeof(bfloat16) == sizeof(std::uint16_t), "bfloat16 is stored as its 16 bits");
+    cuda_detail::convert_bf16_kernel<T><<<cuda_detail::blocks_for(src.size()), cuda_detail::k_threads, 0, stream_>>>(
+        src.data, reinterpret_cast<std::uint16_t*>(dst.data), src.size());
+    cuda_detail::check_launch("muon::backend::Cuda::convert (kernel launch)");
   }
 
   // ---- Elementwise: one grid-stride kernel per call, calling the functor per element --------
@@ -321,6 +344,48 @@ class Cuda {
       muon::detail::fail(std::string("muon::backend::Cuda::") + what + ": views of different sizes");
   }
 
+  // The products' one path. cuBLAS is column-major, and a row-major X is the column-major X^T
+  // with the same leading dimension, so C^T = op(B)^T op(A)^T is computed: the operands swap
+  // places and keep their transpose flags. U is T, or bfloat16 (float accumulation and results).
+  template <class U>
+  void gemm_impl(const char* what, Trans ta, Trans tb, T alpha, MatrixView<const U> a, MatrixView<const U> b, T beta,
+                 MatrixView<T> c) {
+    const index_t k = ta == Trans::no ? a.cols : a.rows;
+    const bool shapes_agree = (ta == Trans::no ? a.rows : a.cols) == c.rows && (tb == Trans::no ? b.rows : b.cols) == k &&
+                              (tb == Trans::no ? b.cols : b.rows) == c.cols && (a.batch == c.batch || a.batch == 1) &&
+                              (b.batch == c.batch || b.batch == 1);
+    if (!shapes_agree) muon::detail::fail(std::string("muon::backend::Cuda::") + what + ": operand shapes do not agree");
+    if (c.empty()) return;
+    if (k == 0) {  // C = beta C (cuBLAS would too, but keep beta == 0 from reading C)
+      if (beta == T(0))
+        transform(c, cuda_detail::Zero<T>{}, c);
+      else
+        transform(c, cuda_detail::Scale<T>{beta}, c);
+      return;
+    }
+    const cublasOperation_t op_a = ta == Trans::no ? CUBLAS_OP_N : CUBLAS_OP_T;
+    const cublasOperation_t op_b = tb == Trans::no ? CUBLAS_OP_N : CUBLAS_OP_T;
+    const int m = cuda_detail::to_int(c.cols, "columns of C"), n = cuda_detail::to_int(c.rows, "rows of C"),
+              kk = cuda_detail::to_int(k, "the inner dimension");
+    const int lda = cuda_detail::to_int(a.cols, "A's row length"), ldb = cuda_detail::to_int(b.cols, "B's row length");
+    const int batch = cuda_detail::to_int(c.batch, "the batch");
+    const long long stride_a = a.batch == 1 ? 0 : a.slice_size(), stride_b = b.batch == 1 ? 0 : b.slice_size();
+    const long long stride_c = c.slice_size();
+    if constexpr (std::is_same_v<U, bfloat16>)
+      cuda_detail::check(cublasGemmStridedBatchedEx(blas_->handle, op_b, op_a, m, n, kk, &alpha, b.data, CUDA_R_16BF, ldb,
+                                                    stride_b, a.data, CUDA_R_16BF, lda, stride_a, &beta, c.data, CUDA_R_32F,
+                                                    m, stride_c, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                         "cublasGemmStridedBatchedEx (bf16 operands, float accumulation)");
+    else if constexpr (std::is_same_v<T, float>)
+      cuda_detail::check(cublasSgemmStridedBatched(blas_->handle, op_b, op_a, m, n, kk, &alpha, b.data, ldb, stride_b,
+                                                   a.data, lda, stride_a, &beta, c.data, m, stride_c, batch),
+                         "cublasSgemmStridedBatched");
+    else
+      cuda_detail::check(cublasDgemmStridedBatched(blas_->handle, op_b, op_a, m, n, kk, &alpha, b.data, ldb, stride_b,
+                                                   a.data, lda, stride_a, &beta, c.data, m, stride_c, batch),
+                         "cublasDgemmStridedBatched");
+  }
+
   template <cuda_detail::Reduce R>
   void reduce(const char* what, MatrixView<const T> x, const T* y, double* out) {
     if (x.batch == 0) return;
@@ -350,6 +415,7 @@ class Cuda {
   }
 
   int device_ = 0;  // first: the device check runs before anything touches the stream
+  int cc_major_ = 0, cc_minor_ = 0;  // the device's compute capability
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda_detail::Blas> blas_;
   // Partial results of reductions over large slices (fixed size: allocated once, here).
@@ -358,5 +424,7 @@ class Cuda {
 
 static_assert(Backend<Cuda<float>>, "muon::backend::Cuda<float> must satisfy muon::backend::Backend");
 static_assert(Backend<Cuda<double>>, "muon::backend::Cuda<double> must satisfy muon::backend::Backend");
+static_assert(Bf16Products<Cuda<float>>, "muon::backend::Cuda<float> has bf16 products (NewtonSchulz precision bf16)");
+static_assert(DeviceQueue<Cuda<float>> && DeviceQueue<Cuda<double>>, "the CUDA backend enqueues on a stream");
 
 }  // namespace muon::backend

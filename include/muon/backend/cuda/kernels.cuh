@@ -10,8 +10,10 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "muon/core/config.hpp"
+#include "muon/core/low_precision.hpp"
 
 namespace muon::backend::cuda_detail {
 
@@ -56,6 +58,26 @@ __global__ void add_to_diagonal_kernel(T* c, index_t batch, index_t rows, index_
   for (index_t k = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
     const index_t s = k / d, i = k % d;
     c[s * rows * cols + i * cols + i] += alpha;
+  }
+}
+
+// dst[k] = src[k] rounded to bf16 (nearest even, NaN stays NaN), as the CPU backends round.
+template <class T>
+__global__ void convert_bf16_kernel(const T* src, std::uint16_t* dst, index_t n) {
+  const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
+  for (index_t k = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride)
+    dst[k] = muon::detail::float_to_bf16(static_cast<float>(src[k]));
+}
+
+// c[s][i][j] = c[s][j][i] for i > j, slices of n x n: the lower triangle copies the upper one,
+// so a product A A^T that cuBLAS computed as a general product is exactly symmetric.
+template <class T>
+__global__ void mirror_upper_kernel(T* c, index_t batch, index_t n) {
+  const index_t total = batch * n * n;
+  const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
+  for (index_t k = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total; k += stride) {
+    const index_t s = k / (n * n), i = (k / n) % n, j = k % n;
+    if (i > j) c[k] = c[s * n * n + j * n + i];
   }
 }
 
