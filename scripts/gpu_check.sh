@@ -5,9 +5,12 @@
 #   ../shared/device/pack-deps.sh libeigen3-dev catch2 nlohmann-json3-dev
 # then, from the project root on the GPU machine:
 #   bash scripts/gpu_check.sh            # logs and a summary under $OUT (default: ./gpu-out)
-# Configures a Release build of muon_cuda_tests only (about 2 minutes on 16 cores), runs every
-# test, then the hidden invalid-stream case on its own (a driver may crash on a stale handle;
-# that must not hide the other results). Exit status: that of the main test run.
+# Configures a Release build of muon_cuda_tests and bench_cuda only (about 2 minutes on 16
+# cores), runs every test, then the hidden invalid-stream case on its own (a driver may crash on
+# a stale handle; that must not hide the other results), then the benchmark against
+# torch.optim.Muon + fused AdamW (benchmarks/cuda/compare_torch_gpu.py; bench_cuda alone when
+# python3 has no torch). MUON_GPU_SKIP_BENCH=1 skips the benchmark. Exit status: that of the
+# main test run.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-$PWD/gpu-out}"
@@ -31,7 +34,7 @@ start=$SECONDS
 cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DMUON_BUILD_BENCHMARKS=OFF -DMUON_BUILD_EXAMPLES=OFF >"$out/configure.log" 2>&1 \
   || { echo "configure failed (see configure.log)"; tail -30 "$out/configure.log"; exit 2; }
-cmake --build "$build" -j"$(nproc)" --target muon_cuda_tests >"$out/build.log" 2>&1 \
+cmake --build "$build" -j"$(nproc)" --target muon_cuda_tests bench_cuda >"$out/build.log" 2>&1 \
   || { echo "build failed (see build.log)"; tail -60 "$out/build.log"; exit 3; }
 echo "configure + build: $((SECONDS - start)) s" | tee -a "$out/environment.txt"
 
@@ -44,4 +47,16 @@ echo "invalid-stream case: exit $?" >>"$out/invalid_stream.log"
 grep -E "no CUDA device|test cases|assertions|FAILED|passed" "$out/tests.log" | tail -20
 tail -3 "$out/invalid_stream.log"
 echo "muon_cuda_tests: exit ${status}"
+
+if [ "${MUON_GPU_SKIP_BENCH:-0}" != "1" ]; then
+  bench="$build/benchmarks/cuda/bench_cuda"
+  if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    timeout 420 python3 benchmarks/cuda/compare_torch_gpu.py --bench "$bench" --out "$out" >"$out/bench.log" 2>&1
+    echo "compare_torch_gpu: exit $?" | tee -a "$out/bench.log"
+  else
+    timeout 300 "$bench" >"$out/bench_cuda.json" 2>"$out/bench.log"
+    echo "bench_cuda (no torch with CUDA here): exit $?" | tee -a "$out/bench.log"
+  fi
+  tail -20 "$out/bench.log"
+fi
 exit "$status"
