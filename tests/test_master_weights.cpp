@@ -4,6 +4,9 @@
 // 16-bit tensor alone would round away; loss-scaled fp16 gradients; overflow skips and reports
 // with nothing changed; quantized views on the integer grid with straight-through updates;
 // checkpoints restore the master and rewrite the 16-bit tensor; bad input rejected.
+// The behaviour runs on every backend in MUON_TEST_BACKENDS, the master in the backend's scalar.
+// The 16-bit tensors are Eigen::bfloat16 / Eigen::half matrices: containers every backend
+// registers (they carry the bits), and the independent rounding the master's rounding is held to.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -14,6 +17,8 @@
 
 #include <muon/backend/eigen.hpp>
 #include <muon/muon.hpp>
+
+#include "support/backends.hpp"
 
 namespace {
 
@@ -26,24 +31,20 @@ using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
 using Eigen::bfloat16;
 using Eigen::half;
 
-template <class S>
-Mat<float> widen(const Mat<S>& m) {
-  return m.template cast<float>();
-}
-
-// A model stored in S (bf16 or fp16) with gradients in G, and the same model in fp32 fed the
-// same gradient values: the reference the master copy must follow exactly.
-template <class S, class G = S>
+// A model stored in S (bf16 or fp16) with gradients in G, and the same model in the backend's
+// scalar T fed the same gradient values: the reference the master copy must follow exactly.
+template <class B, class S, class G = S>
 struct Pair {
+  using T = typename B::value_type;
   Mat<S> w;
   Mat<G> gw;
   Vec<S> b;
   Vec<G> gb;
-  Mat<float> ref_w, ref_gw;
-  Vec<float> ref_b, ref_gb;
-  muon::Muon<Backend> low, ref;
+  Mat<T> ref_w, ref_gw;
+  Vec<T> ref_b, ref_gb;
+  muon::Muon<B> low, ref;
 
-  explicit Pair(muon::Muon<Backend>::Options o = {.lr = 0.01, .weight_decay = 0.1, .fallback = {.lr = 1e-3}})
+  explicit Pair(typename muon::Muon<B>::Options o = {.lr = 0.01, .weight_decay = 0.1, .fallback = {.lr = 1e-3}})
       : w(10, 14), gw(10, 14), b(10), gb(10), low(o), ref(o) {
     std::mt19937 rng(3);
     std::normal_distribution<float> d(0.0f, 0.5f);
@@ -51,10 +52,10 @@ struct Pair {
     for (Eigen::Index i = 0; i < b.size(); ++i) b.data()[i] = S(d(rng));
     gw.setZero();
     gb.setZero();
-    ref_w = widen(w);
-    ref_b = b.template cast<float>();
-    ref_gw = Mat<float>::Zero(10, 14);
-    ref_gb = Vec<float>::Zero(10);
+    ref_w = w.template cast<T>();
+    ref_b = b.template cast<T>();
+    ref_gw = Mat<T>::Zero(10, 14);
+    ref_gb = Vec<T>::Zero(10);
     low.add("w", w, gw);
     low.add("b", b, gb, {.role = muon::Role::bias});
     ref.add("w", ref_w, ref_gw);
@@ -66,8 +67,8 @@ struct Pair {
       gw.data()[i] = G(scale * std::sin(0.7f * static_cast<float>(t) + 0.13f * static_cast<float>(i)));
     for (Eigen::Index i = 0; i < gb.size(); ++i)
       gb.data()[i] = G(scale * std::cos(0.3f * static_cast<float>(t) + 0.41f * static_cast<float>(i)));
-    ref_gw = gw.template cast<float>() / scale;
-    ref_gb = gb.template cast<float>() / scale;
+    ref_gw = gw.template cast<T>() / static_cast<T>(scale);
+    ref_gb = gb.template cast<T>() / static_cast<T>(scale);
   }
   std::vector<double> master(const std::string& name) { return low.state_snapshot().at(name + "/master"); }
 };
@@ -115,28 +116,35 @@ TEST_CASE("16-bit conversions round to nearest even, bit-exact with Eigen's", "[
   CHECK(std::isnan(bf16_to_float(float_to_bf16(std::numeric_limits<float>::quiet_NaN()))));
 }
 
-TEMPLATE_TEST_CASE("a 16-bit parameter follows the fp32 run through its master copy", "[master_weights]", bfloat16, half) {
-  Pair<TestType> pair;
-  for (int t = 0; t < 12; ++t) {
-    pair.gradients(t);
-    REQUIRE(pair.low.step().all_applied());
-    pair.ref.step();
-    // The master is the fp32 run exactly (same arithmetic on the same values) ...
-    REQUIRE(pair.master("w") == values(pair.ref_w));
-    REQUIRE(pair.master("b") == values(pair.ref_b));
-    // ... and the 16-bit tensor is its rounding.
-    for (Eigen::Index i = 0; i < pair.w.size(); ++i)
-      REQUIRE(Eigen::numext::bit_cast<std::uint16_t>(pair.w.data()[i]) ==
-              Eigen::numext::bit_cast<std::uint16_t>(TestType(pair.ref_w.data()[i])));
-  }
-  const auto m = pair.low.memory_report();
-  CHECK(m.master_weight_bytes == (10 * 14 + 10) * sizeof(float));
+TEMPLATE_TEST_CASE("a 16-bit parameter follows the fp32 run through its master copy", "[master_weights]",
+                   MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
+  auto run = [&]<class S>(S) {
+    INFO((std::is_same_v<S, bfloat16> ? "bf16" : "fp16"));
+    Pair<TestType, S> pair;
+    for (int t = 0; t < 12; ++t) {
+      pair.gradients(t);
+      REQUIRE(pair.low.step().all_applied());
+      pair.ref.step();
+      // The master is the run in T exactly (same arithmetic on the same values) ...
+      REQUIRE(pair.master("w") == values(pair.ref_w));
+      REQUIRE(pair.master("b") == values(pair.ref_b));
+      // ... and the 16-bit tensor is its rounding.
+      for (Eigen::Index i = 0; i < pair.w.size(); ++i)
+        REQUIRE(Eigen::numext::bit_cast<std::uint16_t>(pair.w.data()[i]) ==
+                Eigen::numext::bit_cast<std::uint16_t>(S(pair.ref_w.data()[i])));
+    }
+    const auto m = pair.low.memory_report();
+    CHECK(m.master_weight_bytes == (10 * 14 + 10) * sizeof(T));
+  };
+  run(bfloat16{});
+  run(half{});
 }
 
-TEST_CASE("updates too small for bf16 accumulate in the master", "[master_weights]") {
+TEMPLATE_TEST_CASE("updates too small for bf16 accumulate in the master", "[master_weights]", MUON_TEST_BACKENDS) {
   // bf16 spacing at 1.0 is 2^-7; SGD steps of 1e-4 round away in a bf16 tensor on their own.
   Vec<bfloat16> w = Vec<bfloat16>::Constant(4, bfloat16(1.0f)), g = Vec<bfloat16>::Constant(4, bfloat16(1.0f));
-  muon::MuonSGD<Backend> opt({.fallback = {.lr = 1e-4}});
+  muon::MuonSGD<TestType> opt({.fallback = {.lr = 1e-4}});
   opt.add("w", w, g);
   Vec<bfloat16> alone = w;
   for (int t = 0; t < 200; ++t) {
@@ -149,9 +157,10 @@ TEST_CASE("updates too small for bf16 accumulate in the master", "[master_weight
   CHECK(opt.state_snapshot().at("w/master")[0] == Approx(0.98).epsilon(1e-4));
 }
 
-TEST_CASE("loss-scaled fp16 gradients are unscaled in workspace; overflow skips the step", "[master_weights][loss_scale]") {
+TEMPLATE_TEST_CASE("loss-scaled fp16 gradients are unscaled in workspace; overflow skips the step",
+                   "[master_weights][loss_scale]", MUON_TEST_BACKENDS) {
   const float scale = 1024.0f;  // a power of two: unscaling is exact
-  Pair<half> pair;
+  Pair<TestType, half> pair;
   for (int t = 0; t < 5; ++t) {
     pair.gradients(t, scale);
     const auto r = pair.low.step({.inv_scale = 1.0 / scale});
@@ -176,17 +185,20 @@ TEST_CASE("loss-scaled fp16 gradients are unscaled in workspace; overflow skips 
   CHECK(plain.skipped.size() == 1);
 }
 
-TEST_CASE("loss scaling of fp32 gradients needs Options::loss_scaling; bad scales are rejected", "[master_weights][loss_scale][bad_input]") {
+// (fp32 in the name: gradients in the backend's own scalar, float or double.)
+TEMPLATE_TEST_CASE("loss scaling of fp32 gradients needs Options::loss_scaling; bad scales are rejected",
+                   "[master_weights][loss_scale][bad_input]", MUON_TEST_BACKENDS) {
   using Catch::Matchers::Contains;
-  Mat<float> w = Mat<float>::Ones(6, 8), g = Mat<float>::Constant(6, 8, 8.0f);
-  muon::Muon<Backend> plain;
+  using T = typename TestType::value_type;
+  Mat<T> w = Mat<T>::Ones(6, 8), g = Mat<T>::Constant(6, 8, T(8));
+  muon::Muon<TestType> plain;
   plain.add("w", w, g);
   CHECK_THROWS_WITH(plain.step({.inv_scale = 0.125}), Contains("'w'") && Contains("loss_scaling"));
   CHECK(plain.steps_taken() == 0);
-  CHECK((w.array() == 1.0f).all());
+  CHECK((w.array() == T(1)).all());
 
-  Mat<float> w2 = w, g_scaled = g, w_ref = w, g_ref = g / 8.0f;
-  muon::Muon<Backend> scaled({.loss_scaling = true}), ref;
+  Mat<T> w2 = w, g_scaled = g, w_ref = w, g_ref = g / T(8);
+  muon::Muon<TestType> scaled({.loss_scaling = true}), ref;
   scaled.add("w", w2, g_scaled);
   ref.add("w", w_ref, g_ref);
   for (double bad : {0.0, -1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()})
@@ -198,19 +210,21 @@ TEST_CASE("loss scaling of fp32 gradients needs Options::loss_scaling; bad scale
   CHECK(g_scaled == g);  // the trainer's gradient is not written
 }
 
-TEST_CASE("a quantized view gets the fake-quantized master; updates go straight through", "[master_weights][quantized]") {
+TEMPLATE_TEST_CASE("a quantized view gets the fake-quantized master; updates go straight through",
+                   "[master_weights][quantized]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const index_t bits = 4;
-  const float levels = 7.0f;  // 2^(4-1) - 1
-  Mat<float> view(8, 12), gview = Mat<float>::Zero(8, 12);
+  const T levels = 7;  // 2^(4-1) - 1
+  Mat<T> view(8, 12), gview = Mat<T>::Zero(8, 12);
   std::mt19937 rng(11);
   std::normal_distribution<float> d(0.0f, 1.0f);
   for (Eigen::Index i = 0; i < view.size(); ++i) view.data()[i] = d(rng);
-  Mat<float> ref = view, gref = gview;
-  muon::Muon<Backend> opt, plain;
+  Mat<T> ref = view, gref = gview;
+  muon::Muon<TestType> opt, plain;
   opt.add("w", view, gview, {.fake_quant_bits = bits});
   plain.add("w", ref, gref);
   for (int t = 0; t < 6; ++t) {
-    for (Eigen::Index i = 0; i < gview.size(); ++i) gview.data()[i] = std::sin(0.5f * static_cast<float>(t + i));
+    for (Eigen::Index i = 0; i < gview.size(); ++i) gview.data()[i] = static_cast<T>(std::sin(0.5f * static_cast<float>(t + i)));
     gref = gview;
     opt.step();
     plain.step();
@@ -218,19 +232,20 @@ TEST_CASE("a quantized view gets the fake-quantized master; updates go straight 
     REQUIRE(master == values(ref));  // straight-through: the master is the unquantized run
     double absmax = 0;
     for (double v : master) absmax = std::max(absmax, std::abs(v));
-    const float s = static_cast<float>(absmax) / levels;
+    const T s = static_cast<T>(absmax) / levels;
     std::size_t distinct_off_grid = 0;
     for (Eigen::Index i = 0; i < view.size(); ++i) {
-      const float q = std::nearbyint(static_cast<float>(master[static_cast<std::size_t>(i)]) / s);
+      const T q = std::nearbyint(static_cast<T>(master[static_cast<std::size_t>(i)]) / s);
       CHECK(view.data()[i] == q * s);
-      distinct_off_grid += view.data()[i] != static_cast<float>(master[static_cast<std::size_t>(i)]);
+      distinct_off_grid += view.data()[i] != static_cast<T>(master[static_cast<std::size_t>(i)]);
     }
     CHECK(distinct_off_grid > 0);
   }
 }
 
-TEST_CASE("checkpoints restore the master and rewrite the bf16 tensor", "[master_weights][checkpoint]") {
-  Pair<bfloat16> a, b;
+TEMPLATE_TEST_CASE("checkpoints restore the master and rewrite the bf16 tensor", "[master_weights][checkpoint]",
+                   MUON_TEST_BACKENDS) {
+  Pair<TestType, bfloat16> a, b;
   for (int t = 0; t < 4; ++t) {
     a.gradients(t);
     a.low.step();
@@ -251,6 +266,7 @@ TEST_CASE("checkpoints restore the master and rewrite the bf16 tensor", "[master
 }
 
 TEST_CASE("master-weight registrations are checked", "[master_weights][bad_input]") {
+  // Registration checks run before any backend work: one backend covers them.
   using Catch::Matchers::Contains;
   Mat<bfloat16> w = Mat<bfloat16>::Zero(4, 4), g = Mat<bfloat16>::Zero(4, 4);
   Mat<float> gf = Mat<float>::Zero(4, 4);
