@@ -4,6 +4,8 @@
 // exactly the offending heads (rotary query rows by gamma, other query rows by gamma^alpha, key
 // rows by gamma^(1 - alpha)) and does nothing without a report; row- and column-major tensors;
 // the step result's counts; bad input rejected with nothing changed; checkpoint round trip.
+// Typed over every backend in MUON_TEST_BACKENDS; the tensors are Eigen matrices in both storage
+// orders (containers every backend registers, and the test's own arithmetic on head rows).
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -17,11 +19,13 @@
 #include <muon/backend/eigen.hpp>
 #include <muon/muon.hpp>
 
+#include "support/backends.hpp"
 #include "support/golden.hpp"
 #include "support/tolerance.hpp"
 
-static_assert(muon::Constraint<muon::policy::QKClip, muon::backend::Eigen<float>, muon::policy::NewtonSchulz>);
-static_assert(muon::Constraint<muon::policy::QKClip, muon::backend::Eigen<double>, muon::policy::NewtonSchulz>);
+template <class... Backends>
+constexpr bool qk_clip_is_a_constraint = (muon::Constraint<muon::policy::QKClip, Backends, muon::policy::NewtonSchulz> && ...);
+static_assert(qk_clip_is_a_constraint<MUON_TEST_BACKENDS>);
 
 namespace {
 
@@ -29,17 +33,27 @@ using muon::index_t;
 using muon::policy::QKClip;
 using muon::policy::QKClipMode;
 
-// A scalar type and an Eigen storage order (row-major: physical = logical; column-major: the
-// optimizer sees the transpose).
-template <class T, int Order>
+// A backend and an Eigen storage order for its tensors (row-major: physical = logical;
+// column-major: the optimizer sees the transpose).
+template <class B, int Order>
 struct Storage {
-  using scalar = T;
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Order>;
+  using backend = B;
+  using scalar = typename B::value_type;
+  using matrix = Eigen::Matrix<scalar, Eigen::Dynamic, Eigen::Dynamic, Order>;
+  static constexpr const char* order = Order == Eigen::RowMajor ? "row-major" : "column-major";
 };
-using FloatRows = Storage<float, Eigen::RowMajor>;
-using FloatCols = Storage<float, Eigen::ColMajor>;
-using DoubleRows = Storage<double, Eigen::RowMajor>;
-using DoubleCols = Storage<double, Eigen::ColMajor>;
+using FloatRows = Storage<muon::backend::Eigen<float>, Eigen::RowMajor>;
+
+// Runs f(Storage) for both storage orders of backend B (what the tests typed over float / double
+// and both orders ran on the Eigen backend, now on every backend).
+template <class B, class F>
+void for_each_order(F&& f) {
+  f(Storage<B, Eigen::RowMajor>{});
+  f(Storage<B, Eigen::ColMajor>{});
+}
+// For the tests that ran on float row-major and double column-major: the same pairing per backend.
+template <class B>
+using OneOrder = Storage<B, std::is_same_v<typename B::value_type, float> ? Eigen::RowMajor : Eigen::ColMajor>;
 
 template <class M>
 double head_norm(const M& w, index_t h, index_t head_dim) {
@@ -60,7 +74,7 @@ template <class S>
 struct Rig {
   using T = typename S::scalar;
   using M = typename S::matrix;
-  using B = muon::backend::Eigen<T>;
+  using B = typename S::backend;
 
   index_t heads, head_dim, d_model;
   M q, k, mlp, gq, gk, gmlp;
@@ -137,70 +151,72 @@ T factor(double gamma, double e) {
 
 // ---- Golden parity ----------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("QK-Clip matches the qk_clip golden case", "[golden][qk_clip]", FloatRows, FloatCols, DoubleRows,
-                   DoubleCols) {
-  using T = typename TestType::scalar;
-  using M = typename TestType::matrix;
-  using B = muon::backend::Eigen<T>;
-  const auto names = muon::test::golden_case_names("qk_clip");
-  REQUIRE(names.size() == 1);
-  const auto c = muon::test::load_golden_case(names.front());
-  const auto& h = c.hyperparameters;
-  const auto heads = h.at("n_heads").get<index_t>();
-  const auto rows = static_cast<index_t>(c.shape[0]), cols = static_cast<index_t>(c.shape[1]);
-  REQUIRE(rows == heads * h.at("head_dim").get<index_t>());
+TEMPLATE_TEST_CASE("QK-Clip matches the qk_clip golden case", "[golden][qk_clip]", MUON_TEST_BACKENDS) {
+  for_each_order<TestType>([&]<class S>(S) {
+    INFO(S::order << " tensors");
+    using T = typename S::scalar;
+    using M = typename S::matrix;
+    using B = typename S::backend;
+    const auto names = muon::test::golden_case_names("qk_clip");
+    REQUIRE(names.size() == 1);
+    const auto c = muon::test::load_golden_case(names.front());
+    const auto& h = c.hyperparameters;
+    const auto heads = h.at("n_heads").get<index_t>();
+    const auto rows = static_cast<index_t>(c.shape[0]), cols = static_cast<index_t>(c.shape[1]);
+    REQUIRE(rows == heads * h.at("head_dim").get<index_t>());
 
-  auto load = [&](const std::string& key) {
-    const auto& v = c.array(key).values;
-    M m(rows, cols);
-    for (index_t i = 0; i < rows; ++i)
-      for (index_t j = 0; j < cols; ++j) m(i, j) = static_cast<T>(v[static_cast<std::size_t>(i * cols + j)]);
-    return m;
-  };
-  M wq = load("wq"), wk = load("wk");
-  M gq = M::Zero(rows, cols), gk = M::Zero(rows, cols);
-  const auto& s_values = c.array("s_max").values;
-  const std::vector<T> s(s_values.begin(), s_values.end());
+    auto load = [&](const std::string& key) {
+      const auto& v = c.array(key).values;
+      M m(rows, cols);
+      for (index_t i = 0; i < rows; ++i)
+        for (index_t j = 0; j < cols; ++j) m(i, j) = static_cast<T>(v[static_cast<std::size_t>(i * cols + j)]);
+      return m;
+    };
+    M wq = load("wq"), wk = load("wk");
+    M gq = M::Zero(rows, cols), gk = M::Zero(rows, cols);
+    const auto& s_values = c.array("s_max").values;
+    const std::vector<T> s(s_values.begin(), s_values.end());
 
-  // lr 0 and a zero gradient leave W exactly as it is (W * 1 - 0 * orth(0)), so only the clip acts.
-  muon::MuonClip<B> opt({.lr = 0.0,
-                         .constraint = {.tau = h.at("tau").get<double>(), .alpha = h.at("alpha").get<double>()}});
-  opt.add("layer0.q", wq, gq, {.role = muon::Role::query, .heads = heads});
-  opt.add("layer0.k", wk, gk, {.role = muon::Role::key, .heads = heads});
-  REQUIRE(opt.path(0) == muon::Path::matrix);
-  REQUIRE(opt.path(1) == muon::Path::matrix);
-  muon::set_max_logits(opt, "layer0.q", "layer0.k", s);
-  const auto result = opt.step();
+    // lr 0 and a zero gradient leave W exactly as it is (W * 1 - 0 * orth(0)), so only the clip acts.
+    muon::MuonClip<B> opt({.lr = 0.0,
+                           .constraint = {.tau = h.at("tau").get<double>(), .alpha = h.at("alpha").get<double>()}});
+    opt.add("layer0.q", wq, gq, {.role = muon::Role::query, .heads = heads});
+    opt.add("layer0.k", wk, gk, {.role = muon::Role::key, .heads = heads});
+    REQUIRE(opt.path(0) == muon::Path::matrix);
+    REQUIRE(opt.path(1) == muon::Path::matrix);
+    muon::set_max_logits(opt, "layer0.q", "layer0.k", s);
+    const auto result = opt.step();
 
-  const double tol = muon::test::Tolerance<T>::golden(c.suggested_atol);
-  const double err_q = muon::test::max_abs_diff(row_major_values(wq), c.array("expected_wq").values);
-  const double err_k = muon::test::max_abs_diff(row_major_values(wk), c.array("expected_wk").values);
-  const auto scales = opt.constraint_state(0).head_scales();
-  const std::vector<double> gammas(scales.begin(), scales.end());
-  const double err_gamma = muon::test::max_abs_diff(gammas, c.array("expected_gamma").values);
-  INFO(c.name << ": max abs error W_q " << err_q << ", W_k " << err_k << ", gamma " << err_gamma << ", tolerance "
-              << tol);
-  CHECK(err_q <= tol);
-  CHECK(err_k <= tol);
-  CHECK(err_gamma <= 1e-15);
-  const auto k_scales = opt.constraint_state(1).head_scales();
-  CHECK(std::vector<double>(k_scales.begin(), k_scales.end()) == gammas);
+    const double tol = muon::test::Tolerance<T>::golden(c.suggested_atol);
+    const double err_q = muon::test::max_abs_diff(row_major_values(wq), c.array("expected_wq").values);
+    const double err_k = muon::test::max_abs_diff(row_major_values(wk), c.array("expected_wk").values);
+    const auto scales = opt.constraint_state(0).head_scales();
+    const std::vector<double> gammas(scales.begin(), scales.end());
+    const double err_gamma = muon::test::max_abs_diff(gammas, c.array("expected_gamma").values);
+    INFO(c.name << ": max abs error W_q " << err_q << ", W_k " << err_k << ", gamma " << err_gamma << ", tolerance "
+                << tol);
+    CHECK(err_q <= tol);
+    CHECK(err_k <= tol);
+    CHECK(err_gamma <= 1e-15);
+    const auto k_scales = opt.constraint_state(1).head_scales();
+    CHECK(std::vector<double>(k_scales.begin(), k_scales.end()) == gammas);
 
-  // S = [50, 100, 150, 400], tau 100: heads 2 and 3 of both tensors (100 is not above tau).
-  std::size_t expected_clipped = 0;
-  double largest = 0;
-  for (double v : s_values) {
-    expected_clipped += v > h.at("tau").get<double>() ? 2 : 0;
-    largest = std::max(largest, v);
-  }
-  CHECK(result.constraint.clipped_heads == expected_clipped);
-  CHECK(result.constraint.max_head_value == largest);
-  const auto clipped = opt.constraint_state(0).clipped_heads();
-  CHECK(std::vector<index_t>(clipped.begin(), clipped.end()) == std::vector<index_t>{2, 3});
+    // S = [50, 100, 150, 400], tau 100: heads 2 and 3 of both tensors (100 is not above tau).
+    std::size_t expected_clipped = 0;
+    double largest = 0;
+    for (double v : s_values) {
+      expected_clipped += v > h.at("tau").get<double>() ? 2 : 0;
+      largest = std::max(largest, v);
+    }
+    CHECK(result.constraint.clipped_heads == expected_clipped);
+    CHECK(result.constraint.max_head_value == largest);
+    const auto clipped = opt.constraint_state(0).clipped_heads();
+    CHECK(std::vector<index_t>(clipped.begin(), clipped.end()) == std::vector<index_t>{2, 3});
+  });
 }
 
-TEMPLATE_TEST_CASE("QK-Clip golden case through raw row-major buffers", "[golden][qk_clip]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("QK-Clip golden case through raw row-major buffers", "[golden][qk_clip]", MUON_TEST_BACKENDS) {
+  using T = typename TestType::value_type;
   const auto c = muon::test::load_golden_case("qk_clip_h4x8_32");
   const auto& h = c.hyperparameters;
   const auto heads = h.at("n_heads").get<index_t>();
@@ -210,7 +226,7 @@ TEMPLATE_TEST_CASE("QK-Clip golden case through raw row-major buffers", "[golden
   std::vector<T> gq(wq.size()), gk(wk.size());
   const std::vector<T> s(c.array("s_max").values.begin(), c.array("s_max").values.end());
 
-  muon::MuonClip<muon::backend::Eigen<T>> opt({.lr = 0.0, .constraint = {.tau = h.at("tau").get<double>()}});
+  muon::MuonClip<TestType> opt({.lr = 0.0, .constraint = {.tau = h.at("tau").get<double>()}});
   const auto q = opt.add("q", muon::raw(wq.data(), shape), muon::raw(gq.data(), shape),
                          {.role = muon::Role::query, .heads = heads});
   const auto k = opt.add("k", muon::raw(wk.data(), shape), muon::raw(gk.data(), shape),
@@ -225,159 +241,168 @@ TEMPLATE_TEST_CASE("QK-Clip golden case through raw row-major buffers", "[golden
 
 // ---- Weight-norm mode -------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("QK-Clip weight_norm: no head ever ends a step above max_head_norm", "[qk_clip]", FloatRows,
-                   FloatCols, DoubleRows, DoubleCols) {
-  using T = typename TestType::scalar;
-  const double limit = 1.0;
-  // lr 0.5 grows every head well past the limit within a few steps.
-  Rig<TestType> rig(4, 8, 24, 2, {.mode = QKClipMode::weight_norm, .max_head_norm = limit}, 0.5);
-  const double slack = 4 * std::numeric_limits<T>::epsilon();
-  std::size_t clipped_total = 0;
-  for (int step = 0; step < 25; ++step) {
-    rig.new_gradients();
-    const auto r = rig.clip.step();
-    clipped_total += r.constraint.clipped_heads;
-    // The step result sums both tensors and takes the largest norm seen before clipping.
-    const auto& qs = rig.q_state();
-    const auto& ks = rig.k_state();
-    CHECK(r.constraint.clipped_heads == qs.clipped_heads().size() + ks.clipped_heads().size());
-    double largest = 0;
-    for (double v : qs.head_values()) largest = std::max(largest, v);
-    for (double v : ks.head_values()) largest = std::max(largest, v);
-    CHECK(r.constraint.max_head_value == largest);
-    for (index_t h = 0; h < rig.heads; ++h) {
-      INFO("step " << step << ", head " << h);
-      CHECK(head_norm(rig.q, h, rig.head_dim) <= limit * (1 + slack));
-      CHECK(head_norm(rig.k, h, rig.head_dim) <= limit * (1 + slack));
-    }
-  }
-  CHECK(clipped_total > 20);
-}
-
-TEMPLATE_TEST_CASE("QK-Clip weight_norm: heads under the limit stay bit-identical to plain Muon", "[qk_clip]",
-                   FloatRows, FloatCols, DoubleRows, DoubleCols) {
-  using T = typename TestType::scalar;
-  const double limit = 1.0;
-  Rig<TestType> rig(4, 8, 24, 0, {.mode = QKClipMode::weight_norm, .max_head_norm = limit}, 0.01);
-  // Heads 1 and 3 start far above the limit, heads 0 and 2 far below (and stay there at lr 0.01).
-  for (auto* m : {&rig.q, &rig.k, &rig.ref_q, &rig.ref_k}) {
-    for (index_t h : {0, 2}) m->middleRows(h * rig.head_dim, rig.head_dim) *= T(0.1);
-    for (index_t h : {1, 3}) m->middleRows(h * rig.head_dim, rig.head_dim) *= T(20);
-  }
-
-  for (int step = 0; step < 6; ++step) {
-    rig.new_gradients();
-    const auto r = rig.clip.step();
-    rig.ref.step();
-    // Heads 1 and 3 are clipped at the first step; later the update may take them back under.
-    if (step == 0) CHECK(r.constraint.clipped_heads == 4);
-    for (auto* st : {&rig.q_state(), &rig.k_state()})
-      for (index_t h : st->clipped_heads()) CHECK((h == 1 || h == 3));
-    for (index_t h : {0, 2}) {
-      CHECK(same_bits(rig.q.middleRows(h * rig.head_dim, rig.head_dim),
-                      rig.ref_q.middleRows(h * rig.head_dim, rig.head_dim)));
-      CHECK(same_bits(rig.k.middleRows(h * rig.head_dim, rig.head_dim),
-                      rig.ref_k.middleRows(h * rig.head_dim, rig.head_dim)));
-    }
-    CHECK(same_bits(rig.mlp, rig.ref_mlp));  // untagged: never touched
-    if (step == 0) {
-      // First step: the clipped heads are plain Muon's rows times max_head_norm / norm, the norm
-      // being the one the clip reports (of the same values, summed in double).
-      for (index_t h : {1, 3}) {
-        const double n = rig.q_state().head_values()[static_cast<std::size_t>(h)];
-        CHECK(n == Approx(head_norm(rig.ref_q, h, rig.head_dim)).epsilon(1e-12));
-        CHECK(rig.q_state().head_scales()[static_cast<std::size_t>(h)] == limit / n);
-        const auto expected = (rig.ref_q.middleRows(h * rig.head_dim, rig.head_dim) * static_cast<T>(limit / n)).eval();
-        CHECK(same_bits(rig.q.middleRows(h * rig.head_dim, rig.head_dim).eval(), expected));
+TEMPLATE_TEST_CASE("QK-Clip weight_norm: no head ever ends a step above max_head_norm", "[qk_clip]", MUON_TEST_BACKENDS) {
+  for_each_order<TestType>([&]<class S>(S) {
+    INFO(S::order << " tensors");
+    using T = typename S::scalar;
+    const double limit = 1.0;
+    // lr 0.5 grows every head well past the limit within a few steps.
+    Rig<S> rig(4, 8, 24, 2, {.mode = QKClipMode::weight_norm, .max_head_norm = limit}, 0.5);
+    const double slack = 4 * std::numeric_limits<T>::epsilon();
+    std::size_t clipped_total = 0;
+    for (int step = 0; step < 25; ++step) {
+      rig.new_gradients();
+      const auto r = rig.clip.step();
+      clipped_total += r.constraint.clipped_heads;
+      // The step result sums both tensors and takes the largest norm seen before clipping.
+      const auto& qs = rig.q_state();
+      const auto& ks = rig.k_state();
+      CHECK(r.constraint.clipped_heads == qs.clipped_heads().size() + ks.clipped_heads().size());
+      double largest = 0;
+      for (double v : qs.head_values()) largest = std::max(largest, v);
+      for (double v : ks.head_values()) largest = std::max(largest, v);
+      CHECK(r.constraint.max_head_value == largest);
+      for (index_t h = 0; h < rig.heads; ++h) {
+        INFO("step " << step << ", head " << h);
+        CHECK(head_norm(rig.q, h, rig.head_dim) <= limit * (1 + slack));
+        CHECK(head_norm(rig.k, h, rig.head_dim) <= limit * (1 + slack));
       }
     }
-    for (index_t h : rig.q_state().clipped_heads())
-      CHECK(head_norm(rig.q, h, rig.head_dim) == Approx(limit).epsilon(4 * std::numeric_limits<T>::epsilon()));
-    for (index_t h : {1, 3})
-      CHECK(head_norm(rig.q, h, rig.head_dim) <= limit * (1 + 4 * std::numeric_limits<T>::epsilon()));
-  }
-  // Untagged tensors get an empty state.
-  CHECK(!rig.clip.constraint_state(2).applies());
+    CHECK(clipped_total > 20);
+  });
+}
+
+TEMPLATE_TEST_CASE("QK-Clip weight_norm: heads under the limit stay bit-identical to plain Muon", "[qk_clip]", MUON_TEST_BACKENDS) {
+  for_each_order<TestType>([&]<class S>(S) {
+    INFO(S::order << " tensors");
+    using T = typename S::scalar;
+    const double limit = 1.0;
+    Rig<S> rig(4, 8, 24, 0, {.mode = QKClipMode::weight_norm, .max_head_norm = limit}, 0.01);
+    // Heads 1 and 3 start far above the limit, heads 0 and 2 far below (and stay there at lr 0.01).
+    for (auto* m : {&rig.q, &rig.k, &rig.ref_q, &rig.ref_k}) {
+      for (index_t h : {0, 2}) m->middleRows(h * rig.head_dim, rig.head_dim) *= T(0.1);
+      for (index_t h : {1, 3}) m->middleRows(h * rig.head_dim, rig.head_dim) *= T(20);
+    }
+
+    for (int step = 0; step < 6; ++step) {
+      rig.new_gradients();
+      const auto r = rig.clip.step();
+      rig.ref.step();
+      // Heads 1 and 3 are clipped at the first step; later the update may take them back under.
+      if (step == 0) CHECK(r.constraint.clipped_heads == 4);
+      for (auto* st : {&rig.q_state(), &rig.k_state()})
+        for (index_t h : st->clipped_heads()) CHECK((h == 1 || h == 3));
+      for (index_t h : {0, 2}) {
+        CHECK(same_bits(rig.q.middleRows(h * rig.head_dim, rig.head_dim),
+                        rig.ref_q.middleRows(h * rig.head_dim, rig.head_dim)));
+        CHECK(same_bits(rig.k.middleRows(h * rig.head_dim, rig.head_dim),
+                        rig.ref_k.middleRows(h * rig.head_dim, rig.head_dim)));
+      }
+      CHECK(same_bits(rig.mlp, rig.ref_mlp));  // untagged: never touched
+      if (step == 0) {
+        // First step: the clipped heads are plain Muon's rows times max_head_norm / norm, the norm
+        // being the one the clip reports (of the same values, summed in double).
+        for (index_t h : {1, 3}) {
+          const double n = rig.q_state().head_values()[static_cast<std::size_t>(h)];
+          CHECK(n == Approx(head_norm(rig.ref_q, h, rig.head_dim)).epsilon(1e-12));
+          CHECK(rig.q_state().head_scales()[static_cast<std::size_t>(h)] == limit / n);
+          const auto expected = (rig.ref_q.middleRows(h * rig.head_dim, rig.head_dim) * static_cast<T>(limit / n)).eval();
+          CHECK(same_bits(rig.q.middleRows(h * rig.head_dim, rig.head_dim).eval(), expected));
+        }
+      }
+      for (index_t h : rig.q_state().clipped_heads())
+        CHECK(head_norm(rig.q, h, rig.head_dim) == Approx(limit).epsilon(4 * std::numeric_limits<T>::epsilon()));
+      for (index_t h : {1, 3})
+        CHECK(head_norm(rig.q, h, rig.head_dim) <= limit * (1 + 4 * std::numeric_limits<T>::epsilon()));
+    }
+    // Untagged tensors get an empty state.
+    CHECK(!rig.clip.constraint_state(2).applies());
+  });
 }
 
 // ---- Logit mode -------------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("QK-Clip logit: scales exactly the offending heads", "[qk_clip]", FloatRows, FloatCols, DoubleRows,
-                   DoubleCols) {
-  using T = typename TestType::scalar;
-  const double tau = 100, alpha = 0.3;
-  const index_t rotary = 2;
-  Rig<TestType> rig(4, 6, 16, rotary, {.tau = tau, .alpha = alpha}, 0.02);
-  const std::vector<T> s{T(10), T(250), T(100), T(1000)};  // heads 1 and 3 above tau; 100 is not
-  rig.new_gradients();
-  muon::set_max_logits(rig.clip, "q", "k", s);
-  CHECK(rig.q_state().reported());
-  const auto r = rig.clip.step();
-  rig.ref.step();
-  CHECK(!rig.q_state().reported());
-  CHECK(r.constraint.clipped_heads == 4);
-  CHECK(r.constraint.max_head_value == 1000.0);
-
-  const index_t hd = rig.head_dim;
-  for (index_t h = 0; h < rig.heads; ++h) {
-    const double sh = static_cast<double>(s[static_cast<std::size_t>(h)]);
-    const double gamma = sh > tau ? tau / sh : 1.0;
-    CHECK(rig.q_state().head_scales()[static_cast<std::size_t>(h)] == gamma);
-    CHECK(rig.q_state().head_values()[static_cast<std::size_t>(h)] == sh);
-    for (index_t j = 0; j < hd; ++j) {
-      const index_t row = h * hd + j;
-      const bool rot = j >= hd - rotary;
-      const T fq = factor<T>(gamma, rot ? 1.0 : alpha);
-      const T fk = factor<T>(gamma, 1.0 - alpha);
-      INFO("head " << h << ", row " << row << (rot ? " (rotary)" : ""));
-      CHECK(same_bits(rig.q.row(row).eval(), (rig.ref_q.row(row) * fq).eval()));
-      CHECK(same_bits(rig.k.row(row).eval(), (rig.ref_k.row(row) * fk).eval()));
-      if (gamma == 1.0) {
-        CHECK(same_bits(rig.q.row(row).eval(), rig.ref_q.row(row).eval()));
-        CHECK(same_bits(rig.k.row(row).eval(), rig.ref_k.row(row).eval()));
-      } else {
-        CHECK(!same_bits(rig.q.row(row).eval(), rig.ref_q.row(row).eval()));
-      }
-    }
-  }
-  CHECK(same_bits(rig.mlp, rig.ref_mlp));
-
-  // The product q_h . k_h scales by gamma_h: rotary rows pair with a shared (untouched) key, the
-  // rest with the clipped key, gamma^alpha * gamma^(1 - alpha) = gamma.
-  const T f_q = factor<T>(0.1, alpha), f_k = factor<T>(0.1, 1 - alpha);
-  CHECK(static_cast<double>(f_q) * static_cast<double>(f_k) == Approx(0.1).epsilon(1e-6));
-}
-
-TEMPLATE_TEST_CASE("QK-Clip logit: a step without a report changes nothing", "[qk_clip]", FloatRows, FloatCols,
-                   DoubleRows, DoubleCols) {
-  Rig<TestType> rig(4, 8, 24, 2, {}, 0.02);
-  for (int step = 0; step < 3; ++step) {
+TEMPLATE_TEST_CASE("QK-Clip logit: scales exactly the offending heads", "[qk_clip]", MUON_TEST_BACKENDS) {
+  for_each_order<TestType>([&]<class S>(S) {
+    INFO(S::order << " tensors");
+    using T = typename S::scalar;
+    const double tau = 100, alpha = 0.3;
+    const index_t rotary = 2;
+    Rig<S> rig(4, 6, 16, rotary, {.tau = tau, .alpha = alpha}, 0.02);
+    const std::vector<T> s{T(10), T(250), T(100), T(1000)};  // heads 1 and 3 above tau; 100 is not
     rig.new_gradients();
+    muon::set_max_logits(rig.clip, "q", "k", s);
+    CHECK(rig.q_state().reported());
     const auto r = rig.clip.step();
     rig.ref.step();
-    CHECK(r.constraint.clipped_heads == 0);
-    CHECK(r.constraint.max_head_value == 0.0);
-    CHECK(rig.q_state().head_values().empty());
-    CHECK(rig.q_state().clipped_heads().empty());
-    CHECK(same_bits(rig.q, rig.ref_q));
-    CHECK(same_bits(rig.k, rig.ref_k));
-  }
-  // A report is used by one step only.
-  using T = typename TestType::scalar;
-  const std::vector<T> s(4, T(1e4));
-  muon::set_max_logits(rig.clip, "q", "k", s);
-  rig.new_gradients();
-  CHECK(rig.clip.step().constraint.clipped_heads == 8);
-  CHECK(!rig.q_state().reported());
-  rig.new_gradients();
-  const auto r = rig.clip.step();
-  CHECK(r.constraint.clipped_heads == 0);
-  CHECK(rig.q_state().clipped_heads().empty());
+    CHECK(!rig.q_state().reported());
+    CHECK(r.constraint.clipped_heads == 4);
+    CHECK(r.constraint.max_head_value == 1000.0);
+
+    const index_t hd = rig.head_dim;
+    for (index_t h = 0; h < rig.heads; ++h) {
+      const double sh = static_cast<double>(s[static_cast<std::size_t>(h)]);
+      const double gamma = sh > tau ? tau / sh : 1.0;
+      CHECK(rig.q_state().head_scales()[static_cast<std::size_t>(h)] == gamma);
+      CHECK(rig.q_state().head_values()[static_cast<std::size_t>(h)] == sh);
+      for (index_t j = 0; j < hd; ++j) {
+        const index_t row = h * hd + j;
+        const bool rot = j >= hd - rotary;
+        const T fq = factor<T>(gamma, rot ? 1.0 : alpha);
+        const T fk = factor<T>(gamma, 1.0 - alpha);
+        INFO("head " << h << ", row " << row << (rot ? " (rotary)" : ""));
+        CHECK(same_bits(rig.q.row(row).eval(), (rig.ref_q.row(row) * fq).eval()));
+        CHECK(same_bits(rig.k.row(row).eval(), (rig.ref_k.row(row) * fk).eval()));
+        if (gamma == 1.0) {
+          CHECK(same_bits(rig.q.row(row).eval(), rig.ref_q.row(row).eval()));
+          CHECK(same_bits(rig.k.row(row).eval(), rig.ref_k.row(row).eval()));
+        } else {
+          CHECK(!same_bits(rig.q.row(row).eval(), rig.ref_q.row(row).eval()));
+        }
+      }
+    }
+    CHECK(same_bits(rig.mlp, rig.ref_mlp));
+
+    // The product q_h . k_h scales by gamma_h: rotary rows pair with a shared (untouched) key, the
+    // rest with the clipped key, gamma^alpha * gamma^(1 - alpha) = gamma.
+    const T f_q = factor<T>(0.1, alpha), f_k = factor<T>(0.1, 1 - alpha);
+    CHECK(static_cast<double>(f_q) * static_cast<double>(f_k) == Approx(0.1).epsilon(1e-6));
+  });
 }
 
-TEMPLATE_TEST_CASE("QK-Clip: alpha 1 puts the whole scale on W_q", "[qk_clip]", FloatRows, DoubleCols) {
-  using T = typename TestType::scalar;
-  Rig<TestType> rig(2, 4, 8, 0, {.tau = 1.0, .alpha = 1.0}, 0.0);
+TEMPLATE_TEST_CASE("QK-Clip logit: a step without a report changes nothing", "[qk_clip]", MUON_TEST_BACKENDS) {
+  for_each_order<TestType>([&]<class S>(S) {
+    INFO(S::order << " tensors");
+    Rig<S> rig(4, 8, 24, 2, {}, 0.02);
+    for (int step = 0; step < 3; ++step) {
+      rig.new_gradients();
+      const auto r = rig.clip.step();
+      rig.ref.step();
+      CHECK(r.constraint.clipped_heads == 0);
+      CHECK(r.constraint.max_head_value == 0.0);
+      CHECK(rig.q_state().head_values().empty());
+      CHECK(rig.q_state().clipped_heads().empty());
+      CHECK(same_bits(rig.q, rig.ref_q));
+      CHECK(same_bits(rig.k, rig.ref_k));
+    }
+    // A report is used by one step only.
+    using T = typename S::scalar;
+    const std::vector<T> s(4, T(1e4));
+    muon::set_max_logits(rig.clip, "q", "k", s);
+    rig.new_gradients();
+    CHECK(rig.clip.step().constraint.clipped_heads == 8);
+    CHECK(!rig.q_state().reported());
+    rig.new_gradients();
+    const auto r = rig.clip.step();
+    CHECK(r.constraint.clipped_heads == 0);
+    CHECK(rig.q_state().clipped_heads().empty());
+  });
+}
+
+TEMPLATE_TEST_CASE("QK-Clip: alpha 1 puts the whole scale on W_q", "[qk_clip]", MUON_TEST_BACKENDS) {
+  using S = OneOrder<TestType>;
+  using T = typename S::scalar;
+  Rig<S> rig(2, 4, 8, 0, {.tau = 1.0, .alpha = 1.0}, 0.0);
   const std::vector<T> s{T(4), T(0.5)};
   muon::set_max_logits(rig.clip, "q", "k", s);
   rig.clip.step();
@@ -386,10 +411,10 @@ TEMPLATE_TEST_CASE("QK-Clip: alpha 1 puts the whole scale on W_q", "[qk_clip]", 
   CHECK(same_bits(rig.q.bottomRows(4).eval(), rig.ref_q.bottomRows(4).eval()));
 }
 
-TEMPLATE_TEST_CASE("QK-Clip logit: a tensor stepped without max logits is reported", "[qk_clip]", FloatRows,
-                   DoubleCols) {
-  using T = typename TestType::scalar;
-  Rig<TestType> rig(4, 8, 24, 2, {}, 0.02);
+TEMPLATE_TEST_CASE("QK-Clip logit: a tensor stepped without max logits is reported", "[qk_clip]", MUON_TEST_BACKENDS) {
+  using S = OneOrder<TestType>;
+  using T = typename S::scalar;
+  Rig<S> rig(4, 8, 24, 2, {}, 0.02);
   CHECK(!rig.q_state().stepped_without_logits());
   const std::vector<T> s{T(1), T(300), T(2), T(150)};
   auto step = [&] {
@@ -434,13 +459,14 @@ TEMPLATE_TEST_CASE("QK-Clip logit: a tensor stepped without max logits is report
   CHECK(t.to_json().find("\"tensors_without_logits\":5,") != std::string::npos);
 
   // Weight-norm mode needs no logits.
-  Rig<TestType> w(4, 8, 24, 0, {.mode = QKClipMode::weight_norm}, 0.02);
+  Rig<S> w(4, 8, 24, 0, {.mode = QKClipMode::weight_norm}, 0.02);
   w.new_gradients();
   CHECK(w.clip.step().constraint.tensors_without_logits == 0);
   CHECK(!w.q_state().stepped_without_logits());
 }
 
 TEST_CASE("QK-Clip: a pair whose query and key are one tensor is rejected", "[qk_clip][bad_input]") {
+  // Input checks that run before any backend work: one backend covers them.
   using S = FloatRows;
   Rig<S> rig(4, 8, 24, 2, {}, 0.02);
   // A second name of W_q (a tied registration with the same options).
@@ -469,6 +495,7 @@ TEST_CASE("QK-Clip: a pair whose query and key are one tensor is rejected", "[qk
 // ---- Bad input --------------------------------------------------------------------------------
 
 TEST_CASE("QK-Clip: bad max logits throw, name the tensor and change nothing", "[qk_clip][bad_input]") {
+  // Input checks that run before any backend work: one backend covers them.
   using S = FloatRows;
   Rig<S> rig(4, 8, 24, 2, {}, 0.02);
   auto expect_error = [&](auto&& call, const std::string& needle) {
@@ -559,11 +586,11 @@ TEST_CASE("QK-Clip: registration and options are checked", "[qk_clip][bad_input]
 
 // ---- State ------------------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("QK-Clip: state is named, sized by heads and survives a checkpoint", "[qk_clip][checkpoint]",
-                   FloatRows, DoubleCols) {
-  using T = typename TestType::scalar;
-  Rig<TestType> a(4, 8, 24, 2, {}, 0.02);
-  Rig<TestType> b(4, 8, 24, 2, {}, 0.02);  // same seed: same parameters
+TEMPLATE_TEST_CASE("QK-Clip: state is named, sized by heads and survives a checkpoint", "[qk_clip][checkpoint]", MUON_TEST_BACKENDS) {
+  using S = OneOrder<TestType>;
+  using T = typename S::scalar;
+  Rig<S> a(4, 8, 24, 2, {}, 0.02);
+  Rig<S> b(4, 8, 24, 2, {}, 0.02);  // same seed: same parameters
   const std::vector<T> s{T(1), T(300), T(2), T(150)};
   a.new_gradients();
   b.new_gradients();
@@ -591,7 +618,7 @@ TEMPLATE_TEST_CASE("QK-Clip: state is named, sized by heads and survives a check
   CHECK(same_bits(a.k, b.k));
 
   // Weight-norm mode keeps nothing between steps.
-  Rig<TestType> w(4, 8, 24, 0, {.mode = QKClipMode::weight_norm}, 0.02);
+  Rig<S> w(4, 8, 24, 0, {.mode = QKClipMode::weight_norm}, 0.02);
   const auto wsnap = w.clip.state_snapshot();
   CHECK(wsnap.count("q/constraint/max_logits") == 0);
   CHECK(wsnap.count("q/constraint/reported") == 0);
