@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(cmake g++ make libeigen3-dev catch2 nlohmann-json3-dev libbenchmark-dev
           libxtensor-dev libxtensor-blas-dev libopenblas-dev libdnnl-dev
-          zlib1g-dev dataset-fashion-mnist)  # examples/02_ablation: reads Fashion-MNIST with zlib
+          zlib1g-dev dataset-fashion-mnist  # examples/02_ablation: reads Fashion-MNIST with zlib
+          libopenmpi-dev openmpi-bin)       # muon::mpi and the mpiexec tests (tests/distributed)
 
 if [[ "${MUON_SKIP_DEPS:-0}" == "1" ]]; then
   echo "install-deps: MUON_SKIP_DEPS=1, skipping"
