@@ -11,6 +11,8 @@
 //               [has_parameters: u64 n, n values]
 //               u32 item_count, per item: str key, u8 kind (0 buffer, 1 counter),
 //                 buffer: u8 element_size, u64 n, n elements;  counter: u64 value
+//                 (element_size 4 or 8: value_type state; 2: bfloat16 bits, state kept in bf16,
+//                 core/state_format.hpp)
 //   u64 FNV-1a 64 of every byte before it
 // (str = u32 length + bytes.) The checksum catches truncation and corruption; every read is
 // bounds-checked as well, so a damaged file gets an Error, never undefined behaviour. Version 1
@@ -37,6 +39,20 @@
 #include "muon/core/error.hpp"
 #include "muon/core/tensor.hpp"
 #include "muon/core/validate.hpp"
+
+namespace muon {
+
+// load()'s choices, and what it did. A state item stored in another format than the optimizer
+// keeps it in (core/state_format.hpp) is refused unless convert_state_formats is set; converted
+// items are listed ("<parameter>/<state>: bf16 -> full").
+struct LoadOptions {
+  bool convert_state_formats = false;
+};
+struct LoadReport {
+  std::vector<std::string> conversions;
+};
+
+}  // namespace muon
 
 namespace muon::detail {
 
@@ -189,6 +205,19 @@ class CheckpointReader {
     }
     return true;
   }
+  // The same for n bfloat16 values (16-bit elements).
+  [[nodiscard]] bool all_finite_bf16(std::size_t at, std::size_t n, bool non_negative) const {
+    std::array<std::uint16_t, 1024> chunk{};
+    for (std::size_t i = 0; i < n; i += chunk.size()) {
+      const std::size_t k = std::min(chunk.size(), n - i);
+      read_array(at + i * sizeof(std::uint16_t), chunk.data(), k);
+      for (std::size_t j = 0; j < k; ++j) {
+        if ((chunk[j] & 0x7f80u) == 0x7f80u) return false;  // Inf or NaN
+        if (non_negative && (chunk[j] & 0x8000u) && (chunk[j] & 0x7fffu)) return false;
+      }
+    }
+    return true;
+  }
   [[nodiscard]] bool at_end() const { return pos_ == end_; }
   [[nodiscard]] const std::string& what() const { return what_; }
 
@@ -328,11 +357,12 @@ inline CheckpointContents read_checkpoint(std::istream& is, std::size_t value_si
       } else if (kind == 0) {
         item.element_size = r.get<std::uint8_t>();
         item.value = r.get<std::uint64_t>();
-        if (item.element_size != 4 && item.element_size != 8)
+        if (item.element_size != 2 && item.element_size != 4 && item.element_size != 8)
           fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " has an invalid element size");
         item.at = r.skip_array(item.value, item.element_size);
-        const bool finite = item.element_size == 4 ? r.all_finite<float>(item.at, item.value, false)
-                                                   : r.all_finite<double>(item.at, item.value, false);
+        const bool finite = item.element_size == 2   ? r.all_finite_bf16(item.at, item.value, false)
+                            : item.element_size == 4 ? r.all_finite<float>(item.at, item.value, false)
+                                                     : r.all_finite<double>(item.at, item.value, false);
         if (!finite) fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " holds non-finite values");
       } else {
         fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " has an invalid kind");

@@ -47,6 +47,7 @@
 #include "muon/core/registration.hpp"
 #include "muon/core/report.hpp"
 #include "muon/core/schedule.hpp"
+#include "muon/core/state_format.hpp"
 #include "muon/core/telemetry.hpp"
 #include "muon/core/thread_pool.hpp"
 #include "muon/core/tensor.hpp"
@@ -91,6 +92,23 @@ struct ApplyUpdate {
 };
 
 // Sums the bytes of every buffer a policy state holds.
+// Muon's momentum kept in bf16 (Options::momentum_state): m <- lerp(m, g, 1 - beta) in T, stored
+// rounded; the returned u uses the stored value, as a torch run with a bf16 buffer would.
+template <class T>
+struct MomentumBf16 {
+  std::uint16_t* m;
+  T one_minus_beta, beta;
+  bool nesterov, stochastic;
+  std::uint64_t stream;
+  MUON_HOST_DEVICE T operator()(index_t k, T g) const {
+    const T next = fn::Lerp<T>{one_minus_beta}(static_cast<T>(bf16_to_float(m[k])), g);
+    const std::uint16_t bits = encode_state_bf16(next, stochastic, stream, static_cast<std::uint64_t>(k));
+    m[k] = bits;
+    const T stored = static_cast<T>(bf16_to_float(bits));
+    return nesterov ? fn::Lerp<T>{beta}(g, stored) : stored;
+  }
+};
+
 struct StateBytes {
   std::size_t bytes = 0;
   template <class Buffer>
@@ -141,6 +159,10 @@ class Optimizer {
     bool normuon = false;
     double normuon_beta2 = 0.95;
     double normuon_eps = 1e-8;
+    // How the momentum buffers are stored (core/state_format.hpp): full (value_type, the
+    // default) or bf16 (half the bytes of float state), rounded to nearest even or
+    // stochastically. Fixed at registration.
+    StateStorage momentum_state{};
     NonFinitePolicy non_finite = NonFinitePolicy::skip_parameter;
     // Ablation switches: one composition, stages turned off at run time (sweeps without
     // recompiling). enable_muon is read at registration (a tensor's path and state are fixed
@@ -350,6 +372,15 @@ class Optimizer {
       std::vector<double>& dst = out[entries_[id].info.name + "/" + key];
       if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
         dst = {static_cast<double>(item)};
+      } else if constexpr (detail::is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
+        const auto host = download(item);  // the values, decoded when kept in bf16
+        if (item.format() == StateFormat::bf16) {
+          const auto* bits = reinterpret_cast<const std::uint16_t*>(host.data());
+          dst.resize(item.count());
+          for (std::size_t i = 0; i < item.count(); ++i) dst[i] = detail::bf16_to_float(bits[i]);
+        } else {
+          dst.assign(host.begin(), host.end());
+        }
       } else {
         const auto host = download(item);
         dst.assign(host.begin(), host.end());
@@ -374,11 +405,18 @@ class Optimizer {
   // unknown tensors) before anything changes; on any mismatch it throws muon::Error and the
   // optimizer (and the parameters) stay exactly as they were. Restores the step count and both
   // learning rates (a schedule's current values); other hyperparameters stay as constructed.
-  void load(std::istream& is) { detail::OptimizerCheckpoint<Optimizer>::load(*this, is, true); }
+  // A state item stored in another format than this optimizer keeps it in (Options::
+  // momentum_state, a fallback's state format) is refused unless options.convert_state_formats
+  // is set; the report lists what was converted.
+  LoadReport load(std::istream& is, const LoadOptions& options = {}) {
+    return detail::OptimizerCheckpoint<Optimizer>::load(*this, is, true, options);
+  }
 
   // Every check load() makes, without loading: throws muon::Error where load() would, changes
   // nothing. (Model-level optimizers check every group's checkpoint before loading any.)
-  void validate_checkpoint(std::istream& is) { detail::OptimizerCheckpoint<Optimizer>::load(*this, is, false); }
+  LoadReport validate_checkpoint(std::istream& is, const LoadOptions& options = {}) {
+    return detail::OptimizerCheckpoint<Optimizer>::load(*this, is, false, options);
+  }
 
   // More bytes than any checkpoint of this optimizer can hold: load() reads no further (a
   // stream that does not end is refused, not read until memory runs out).
@@ -420,7 +458,7 @@ class Optimizer {
     backend::MatrixView<const T> g;  // same layout as w (data null when the gradient is 16-bit)
     bool transposed;                 // w holds the logical matrix transposed
     double lr_factor;                // adjusted_lr(1, ...) for the logical shape
-    Buffer momentum;
+    StateBuffer<B> momentum;  // in options_.momentum_state.format
     typename Filter::template State<B> filter;
     typename Constr::template State<B> constraint;
     Buffer row_second_moment;  // NorMuon: batch x logical rows (empty when off)
@@ -507,6 +545,7 @@ class Optimizer {
     detail::require_non_negative("Optimizer", "weight_decay", o.weight_decay);
     detail::require_unit_interval("Optimizer", "normuon_beta2", o.normuon_beta2);
     detail::require_positive("Optimizer", "normuon_eps", o.normuon_eps);
+    detail::require_state_storage("Optimizer", "momentum_state", o.momentum_state);
     if (o.threads < 0 || o.threads > ThreadPool::k_max_threads)
       detail::fail("Optimizer: option 'threads' must be in [0, " + std::to_string(ThreadPool::k_max_threads) +
                    "] (0 = every available core), got " + std::to_string(o.threads));
@@ -599,7 +638,7 @@ class Optimizer {
                                          transposed,
                                          adjusted_lr(1.0, options_.lr_adjust, rows, cols) *
                                              modular_factor(options_.modular, options.layer, options.depth, rows, cols),
-                                         backend_.template allocate<T>(static_cast<std::size_t>(n)),
+                                         StateBuffer<B>(backend_, static_cast<std::size_t>(n), options_.momentum_state.format),
                                          filter_.template make_state<B>(backend_, info),
                                          constraint_.template make_state<B>(backend_, info),
                                          backend_.template allocate<T>(options_.normuon ? static_cast<std::size_t>(batch * rows) : 0),
@@ -945,8 +984,17 @@ class Optimizer {
     const auto graw = gradient(b, l.ws, s.grad, s.g, inv_scale_);
     const auto g = options_.enable_filter ? filter_.apply(b, s.filter, graw, l.ws) : graw;
     if (options_.telemetry) telemetry_.gradients(b, l.ws, graw, g);
-    backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
     const T beta = static_cast<T>(options_.momentum);
+    if (s.momentum.format() == StateFormat::bf16) {  // one pass: read, update, round, write back
+      const bool stochastic = options_.momentum_state.rounding == StateRounding::stochastic;
+      b.transform_indexed(u,
+                          detail::MomentumBf16<T>{s.momentum.bits(), static_cast<T>(1.0 - options_.momentum), beta,
+                                                  options_.nesterov, stochastic,
+                                                  stochastic ? detail::rounding_stream(entries_[s.id].info.name, "momentum", steps_taken_ + 1) : 0},
+                          backend::MatrixView<const T>(g));
+      return;
+    }
+    backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};
     b.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.momentum)}, m, g);
     if (options_.nesterov)
       b.transform(u, fn::Lerp<T>{beta}, g, m);

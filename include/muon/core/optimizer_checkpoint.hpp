@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <istream>
 #include <limits>
 #include <optional>
@@ -26,6 +27,7 @@
 #include "muon/core/error.hpp"
 #include "muon/core/param.hpp"
 #include "muon/core/registration.hpp"
+#include "muon/core/state_format.hpp"
 #include "muon/core/validate.hpp"
 
 namespace muon::detail {
@@ -71,6 +73,16 @@ struct OptimizerCheckpoint {
         if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
           w.put(std::uint8_t{1});
           w.put(static_cast<std::uint64_t>(item));
+        } else if constexpr (is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
+          // In its format: value_type elements, or the bf16 bits as 16-bit elements.
+          const auto host = o.download(item);
+          w.put(std::uint8_t{0});
+          w.put(static_cast<std::uint8_t>(state_element_bytes(item.format(), sizeof(T))));
+          w.put(static_cast<std::uint64_t>(item.count()));
+          if (item.format() == StateFormat::bf16)
+            w.put_array(reinterpret_cast<const std::uint16_t*>(host.data()), item.count());
+          else
+            w.put_array(host.data(), item.count());
         } else {
           const auto host = o.download(item);
           w.put(std::uint8_t{0});
@@ -103,7 +115,8 @@ struct OptimizerCheckpoint {
     }
 
   // Reads and checks everything; with commit, then applies it.
-  static void load(Opt& o, std::istream& is, bool commit) {
+  static LoadReport load(Opt& o, std::istream& is, bool commit, const LoadOptions& options) {
+    LoadReport report;
     using T = typename Opt::value_type;
     using B = typename Opt::backend_type;
     using Fb = typename Opt::fallback_type;
@@ -131,7 +144,29 @@ struct OptimizerCheckpoint {
         if (found == st.items.end()) detail::fail_param(e.info.name, "state '" + key + "' is missing from the checkpoint");
         const detail::CheckpointItem& saved = found->second;
         const detail::StateLimits limits = state_limits(o, key);
-        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
+        if constexpr (is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
+          if (saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a buffer here, a counter in the checkpoint");
+          const std::size_t here = state_element_bytes(item.format(), sizeof(T));
+          if (saved.element_size != here) {
+            const bool convertible = saved.element_size == 2 || saved.element_size == sizeof(T);
+            if (!convertible)
+              detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(8 * saved.element_size) +
+                                                  "-bit elements in the checkpoint, " + std::to_string(8 * here) + "-bit here");
+            const char* from = saved.element_size == 2 ? "bf16" : "full";
+            if (!options.convert_state_formats)
+              detail::fail_param(e.info.name, "state '" + key + "' is stored as " + from + " in the checkpoint and kept as " +
+                                                  to_string(item.format()) +
+                                                  " here; load with LoadOptions{.convert_state_formats = true} to convert it");
+            report.conversions.push_back(e.info.name + "/" + key + ": " + from + " -> " + to_string(item.format()));
+          }
+          if (saved.value != item.count())
+            detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(saved.value) +
+                                                " elements in the checkpoint, " + std::to_string(item.count()) + " here");
+          const bool ok = saved.element_size == 2 ? c.reader.all_finite_bf16(saved.at, item.count(), true)
+                                                  : c.reader.template all_finite<T>(saved.at, item.count(), true);
+          if (limits.non_negative && !ok)
+            detail::fail_param(e.info.name, "state '" + key + "' holds negative values in the checkpoint");
+        } else if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
           using C = std::remove_cvref_t<decltype(item)>;
           if (!saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a counter here, a buffer in the checkpoint");
           if (saved.value > limits.max_counter || saved.value > static_cast<std::uint64_t>(std::numeric_limits<C>::max()))
@@ -168,7 +203,7 @@ struct OptimizerCheckpoint {
       (void)o.options_.schedule(c.steps + 1);
     }
 
-    if (!commit) return;
+    if (!commit) return report;
     o.ensure_workspace();  // refreshing 16-bit copies below uses it
     // ---- commit: nothing below can fail ----
     for (ParamId id = 0; id < o.entries_.size(); ++id) {
@@ -185,6 +220,8 @@ struct OptimizerCheckpoint {
         const detail::CheckpointItem& saved = st.items.at(key);
         if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
           item = static_cast<std::remove_cvref_t<decltype(item)>>(saved.value);
+        } else if constexpr (is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
+          o.upload(item, state_from_checkpoint(c.reader, saved, item));
         } else {
           using U = std::remove_cvref_t<decltype(*item.data())>;
           std::vector<U> host(item.size());
@@ -199,9 +236,40 @@ struct OptimizerCheckpoint {
     o.fallback_base_lr_ = c.fallback_lr;
     o.refresh_targets();
     o.backend_.synchronize();
+    return report;
     }
 
  private:
+  // A StateBuffer's storage as the host holds it, from a checked item saved in either format
+  // (converted when the formats differ: bf16 -> value_type exactly, value_type -> bf16 rounded
+  // to nearest even).
+  template <class Item>
+  static std::vector<typename Opt::value_type> state_from_checkpoint(const CheckpointReader& r, const CheckpointItem& saved,
+                                                                     Item& item) {
+    using T = typename Opt::value_type;
+    const std::size_t n = item.count();
+    std::vector<T> storage(item.size(), T(0));
+    if (saved.element_size == 2) {
+      std::vector<std::uint16_t> bits(n);
+      r.read_array(saved.at, bits.data(), n);
+      if (item.format() == StateFormat::bf16)
+        std::memcpy(storage.data(), bits.data(), n * sizeof(std::uint16_t));
+      else
+        for (std::size_t i = 0; i < n; ++i) storage[i] = static_cast<T>(bf16_to_float(bits[i]));
+    } else {
+      std::vector<T> values(n);
+      r.read_array(saved.at, values.data(), n);
+      if (item.format() == StateFormat::bf16) {
+        std::vector<std::uint16_t> bits(n);
+        for (std::size_t i = 0; i < n; ++i) bits[i] = encode_state_bf16(values[i], false, 0, 0);
+        std::memcpy(storage.data(), bits.data(), n * sizeof(std::uint16_t));
+      } else {
+        storage = std::move(values);
+      }
+    }
+    return storage;
+  }
+
   // What load() accepts for a state item, from the policy that owns it (StateLimits).
   static StateLimits state_limits(const Opt& o, const std::string& key) {
     auto from = [&key](const auto& policy, std::string_view prefix) -> std::optional<detail::StateLimits> {

@@ -5,14 +5,19 @@
 //   p <- p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 // with t counted per parameter from 1 (a skipped step does not advance it). Defaults are
 // torch's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.01.
+// The moments are kept in value_type, or in bf16 (Options::state; core/state_format.hpp): then
+// one pass reads both, updates them in value_type, stores them rounded and applies the update
+// with the stored values, as torch's AdamW does with bf16 state tensors.
 // Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019).
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "muon/backend/concept.hpp"
 #include "muon/core/functors.hpp"
 #include "muon/core/param.hpp"
+#include "muon/core/state_format.hpp"
 #include "muon/core/validate.hpp"
 
 namespace muon::policy {
@@ -25,13 +30,15 @@ class AdamW {
     double beta2 = 0.999;
     double eps = 1e-8;
     double weight_decay = 0.01;
+    StateStorage state{};  // exp_avg and exp_avg_sq: full (value_type) or bf16
   };
 
   template <class B>
   struct State {
-    typename B::template Buffer<typename B::value_type> exp_avg;
-    typename B::template Buffer<typename B::value_type> exp_avg_sq;
+    StateBuffer<B> exp_avg;
+    StateBuffer<B> exp_avg_sq;
     std::uint64_t step = 0;
+    std::string name;  // the tensor's, for stochastic rounding's streams (not saved)
     template <class V>
     void visit(V&& v) {
       v("exp_avg", exp_avg);
@@ -47,6 +54,7 @@ class AdamW {
     detail::require_unit_interval("AdamW", "beta2", options_.beta2);
     detail::require_positive("AdamW", "eps", options_.eps);
     detail::require_non_negative("AdamW", "weight_decay", options_.weight_decay);
+    detail::require_state_storage("AdamW", "state", options_.state);
   }
 
   [[nodiscard]] const Options& options() const { return options_; }
@@ -62,7 +70,7 @@ class AdamW {
   template <class B>
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
     const auto n = static_cast<std::size_t>(info.shape.numel());
-    return {b.template allocate<typename B::value_type>(n), b.template allocate<typename B::value_type>(n), 0};
+    return {StateBuffer<B>(b, n, options_.state.format), StateBuffer<B>(b, n, options_.state.format), 0, info.name};
   }
 
   template <class B>
@@ -79,6 +87,19 @@ class AdamW {
     const double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(t));
     const double bias2 = 1.0 - std::pow(options_.beta2, static_cast<double>(t));
     const T beta2 = static_cast<T>(options_.beta2);
+    const Update<T> update{fn::saturate_cast<T>(1.0 - rates.lr * rates.weight_decay), fn::saturate_cast<T>(rates.lr / bias1),
+                           static_cast<T>(std::sqrt(bias2)), static_cast<T>(options_.eps)};
+    if (s.exp_avg.format() == StateFormat::bf16) {
+      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
+      b.transform_indexed(w.flat(),
+                          UpdateBf16<T>{s.exp_avg.bits(), s.exp_avg_sq.bits(), static_cast<T>(1.0 - options_.beta1),
+                                        EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, update, stochastic,
+                                        stochastic ? detail::rounding_stream(s.name, "exp_avg", t) : 0,
+                                        stochastic ? detail::rounding_stream(s.name, "exp_avg_sq", t) : 0},
+                          backend::MatrixView<const T>(w.flat()), g.flat());
+      s.step = t;
+      return;
+    }
     backend::MatrixView<T> m{s.exp_avg.data(), 1, 1, w.size()};
     backend::MatrixView<T> v{s.exp_avg_sq.data(), 1, 1, w.size()};
     const auto wf = w.flat();
@@ -86,11 +107,7 @@ class AdamW {
     // Same operation order as torch's single-tensor AdamW (m.lerp_, v.mul_.addcmul_, addcdiv_).
     b.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.beta1)}, m, gf);
     b.transform(v, EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, v, gf);
-    b.transform(wf,
-                Update<T>{fn::saturate_cast<T>(1.0 - rates.lr * rates.weight_decay),
-                          fn::saturate_cast<T>(rates.lr / bias1), static_cast<T>(std::sqrt(bias2)),
-                          static_cast<T>(options_.eps)},
-                wf, m, v);
+    b.transform(wf, update, wf, m, v);
     s.step = t;
   }
 
@@ -111,6 +128,28 @@ class AdamW {
     T max = fn::k_largest<T>;
     MUON_HOST_DEVICE T operator()(T p, T m, T v) const {
       return fn::saturate(p * decay - step_size * (m / (std::sqrt(v) / bias2_sqrt + eps)), max);
+    }
+  };
+
+  // Both moments in bf16: read, update in T, store rounded, apply with the stored values.
+  template <class T>
+  struct UpdateBf16 {
+    std::uint16_t* m;
+    std::uint16_t* v;
+    T one_minus_beta1;
+    EmaSquare<T> ema_square;
+    Update<T> update;
+    bool stochastic;
+    std::uint64_t stream_m, stream_v;
+    MUON_HOST_DEVICE T operator()(index_t k, T p, T g) const {
+      const auto i = static_cast<std::uint64_t>(k);
+      const std::uint16_t mb = detail::encode_state_bf16(
+          fn::Lerp<T>{one_minus_beta1}(static_cast<T>(detail::bf16_to_float(m[k])), g), stochastic, stream_m, i);
+      const std::uint16_t vb =
+          detail::encode_state_bf16(ema_square(static_cast<T>(detail::bf16_to_float(v[k])), g), stochastic, stream_v, i);
+      m[k] = mb;
+      v[k] = vb;
+      return update(p, static_cast<T>(detail::bf16_to_float(mb)), static_cast<T>(detail::bf16_to_float(vb)));
     }
   };
 
