@@ -2,6 +2,8 @@
 // role to Stiefel, hypersphere and AdamW groups; every constraint held after training; the
 // groups saved and loaded together (bit-identical resume, all-or-nothing rejection); one
 // decision about non-finite gradients for all groups; the base lr and its per-group scales.
+// Typed over every backend in MUON_TEST_BACKENDS (the bounds hold in float: Stiefel's float32
+// floor is ~1e-6, a renormalised row's ~1e-7).
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -13,51 +15,56 @@
 #include <muon/backend/eigen.hpp>
 #include <muon/muon.hpp>
 
+#include "support/backends.hpp"
+
 namespace {
 
 using muon::index_t;
-using B = muon::backend::Eigen<double>;
-using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using Vec = Eigen::VectorXd;
+template <class T>
+using RowMatT = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // d_model 16, 4 experts of width 32, vocabulary 40; one layer of depth 1.
+template <class B>
 struct MoE {
+  using T = typename B::value_type;
+  using RowMat = RowMatT<T>;
+  using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   RowMat embed = RowMat::Zero(40, 16), g_embed = RowMat::Zero(40, 16);
   RowMat qkv = RowMat::Zero(48, 16), g_qkv = RowMat::Zero(48, 16);
   RowMat attn_out = RowMat::Zero(16, 16), g_attn_out = RowMat::Zero(16, 16);
   RowMat gate = RowMat::Zero(4, 16), g_gate = RowMat::Zero(4, 16);
-  std::vector<double> up = std::vector<double>(4 * 32 * 16), g_up = std::vector<double>(4 * 32 * 16);
-  std::vector<double> down = std::vector<double>(4 * 16 * 32), g_down = std::vector<double>(4 * 16 * 32);
+  std::vector<T> up = std::vector<T>(4 * 32 * 16), g_up = std::vector<T>(4 * 32 * 16);
+  std::vector<T> down = std::vector<T>(4 * 16 * 32), g_down = std::vector<T>(4 * 16 * 32);
   Vec norm = Vec::Ones(16), g_norm = Vec::Zero(16);
   muon::ManifoldModel<B> opt;
 
-  explicit MoE(muon::ManifoldModel<B>::Options o = {}) : opt(std::move(o)) {
+  explicit MoE(typename muon::ManifoldModel<B>::Options o = {}) : opt(std::move(o)) {
     std::mt19937 rng(5);
     std::normal_distribution<double> d(0.0, 0.3);
     for (auto* m : {&embed, &qkv, &attn_out, &gate})
-      for (Eigen::Index i = 0; i < m->size(); ++i) m->data()[i] = d(rng);
-    for (auto& x : up) x = d(rng);
-    for (auto& x : down) x = d(rng);
+      for (Eigen::Index i = 0; i < m->size(); ++i) m->data()[i] = static_cast<T>(d(rng));
+    for (auto& x : up) x = static_cast<T>(d(rng));
+    for (auto& x : down) x = static_cast<T>(d(rng));
     opt.add("embed", embed, g_embed, {.role = muon::Role::embedding});
     opt.add("lm_head", embed, g_embed, {.role = muon::Role::output_head});  // tied
     opt.add("qkv", qkv, g_qkv, {.role = muon::Role::query});
     opt.add("attn_out", attn_out, g_attn_out);
     opt.add("gate", gate, g_gate, {.role = muon::Role::router_gate});
-    opt.add("up", muon::raw(up.data(), {4, 32, 16}), muon::raw(static_cast<const double*>(g_up.data()), {4, 32, 16}));
-    opt.add("down", muon::raw(down.data(), {4, 16, 32}), muon::raw(static_cast<const double*>(g_down.data()), {4, 16, 32}));
+    opt.add("up", muon::raw(up.data(), {4, 32, 16}), muon::raw(static_cast<const T*>(g_up.data()), {4, 32, 16}));
+    opt.add("down", muon::raw(down.data(), {4, 16, 32}), muon::raw(static_cast<const T*>(g_down.data()), {4, 16, 32}));
     opt.add("norm", norm, g_norm, {.role = muon::Role::norm});
   }
   void gradients(int t) {
     std::mt19937 rng(static_cast<unsigned>(1000 + t));
     std::normal_distribution<double> d(0.0, 1.0);
     for (auto* m : {&g_embed, &g_qkv, &g_attn_out, &g_gate})
-      for (Eigen::Index i = 0; i < m->size(); ++i) m->data()[i] = d(rng);
-    for (auto& x : g_up) x = d(rng);
-    for (auto& x : g_down) x = d(rng);
-    for (Eigen::Index i = 0; i < g_norm.size(); ++i) g_norm[i] = d(rng);
+      for (Eigen::Index i = 0; i < m->size(); ++i) m->data()[i] = static_cast<T>(d(rng));
+    for (auto& x : g_up) x = static_cast<T>(d(rng));
+    for (auto& x : g_down) x = static_cast<T>(d(rng));
+    for (Eigen::Index i = 0; i < g_norm.size(); ++i) g_norm[i] = static_cast<T>(d(rng));
   }
-  std::vector<double> everything() const {
-    std::vector<double> v;
+  std::vector<T> everything() const {
+    std::vector<T> v;
     for (const auto* m : {&embed, &qkv, &attn_out, &gate}) v.insert(v.end(), m->data(), m->data() + m->size());
     v.insert(v.end(), up.begin(), up.end());
     v.insert(v.end(), down.begin(), down.end());
@@ -67,19 +74,23 @@ struct MoE {
 };
 
 // ||W^T W - I||_F for a tall slice, ||W W^T - I||_F for a wide one.
-double stiefel_error(const double* data, index_t rows, index_t cols) {
-  Eigen::Map<const RowMat> w(data, rows, cols);
+template <class T>
+double stiefel_error(const T* data, index_t rows, index_t cols) {
+  using RowMat = RowMatT<double>;
+  const RowMat w = Eigen::Map<const RowMatT<T>>(data, rows, cols).template cast<double>();
   const RowMat gram = rows >= cols ? RowMat(w.transpose() * w) : RowMat(w * w.transpose());
   return (gram - RowMat::Identity(gram.rows(), gram.cols())).norm();
 }
-double max_row_norm_error(const RowMat& m) {
-  return (m.rowwise().norm().array() - 1.0).abs().maxCoeff();
+template <class T>
+double max_row_norm_error(const RowMatT<T>& m) {
+  return (m.template cast<double>().rowwise().norm().array() - 1.0).abs().maxCoeff();
 }
 
 }  // namespace
 
-TEST_CASE("ManifoldModel routes by role and keeps every constraint", "[manifold_model]") {
-  MoE moe;
+TEMPLATE_TEST_CASE("ManifoldModel routes by role and keeps every constraint", "[manifold_model]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  MoE<B> moe;
   CHECK(moe.opt.group("embed") == "embeddings");
   CHECK(moe.opt.group("lm_head") == "embeddings");
   CHECK(moe.opt.group("qkv") == "stiefel");
@@ -92,7 +103,7 @@ TEST_CASE("ManifoldModel routes by role and keeps every constraint", "[manifold_
   CHECK(report.count(muon::Path::matrix) == 6);
   CHECK(moe.opt.norms().fallback_lr() == Approx(0.2));  // 10 x the base lr 0.02
 
-  const Vec norm0 = moe.norm;
+  const auto norm0 = moe.norm;
   muon::ModelStepResult r;
   for (int t = 0; t < 300; ++t) {
     moe.gradients(t);
@@ -116,8 +127,11 @@ TEST_CASE("ManifoldModel routes by role and keeps every constraint", "[manifold_
   CHECK(moe.opt.memory_report().state_bytes() > 0);
 }
 
-TEST_CASE("ManifoldModel saves and loads its groups together", "[manifold_model][checkpoint]") {
-  MoE a, b;
+TEMPLATE_TEST_CASE("ManifoldModel saves and loads its groups together", "[manifold_model][checkpoint]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
+  using RowMat = RowMatT<T>;
+  MoE<B> a, b;
   for (int t = 0; t < 20; ++t) {
     a.gradients(t);
     a.opt.step();
@@ -198,11 +212,14 @@ TEST_CASE("ManifoldModel saves and loads its groups together", "[manifold_model]
   CHECK(b.opt.steps_taken() == 30);
 }
 
-TEST_CASE("ManifoldModel decides about non-finite gradients for all groups at once", "[manifold_model][bad_input]") {
+TEMPLATE_TEST_CASE("ManifoldModel decides about non-finite gradients for all groups at once", "[manifold_model][bad_input]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
+  using RowMat = RowMatT<T>;
   {
-    MoE moe({.non_finite = muon::NonFinitePolicy::skip_step});
+    MoE<B> moe({.non_finite = muon::NonFinitePolicy::skip_step});
     moe.gradients(0);
-    moe.g_norm[2] = std::numeric_limits<double>::quiet_NaN();
+    moe.g_norm[2] = std::numeric_limits<T>::quiet_NaN();
     const auto before = moe.everything();
     const auto r = moe.opt.step();
     CHECK(r.skipped.size() == 7);
@@ -210,26 +227,26 @@ TEST_CASE("ManifoldModel decides about non-finite gradients for all groups at on
     CHECK(moe.opt.stiefel().steps_taken() == 1);  // the schedules stay in line
   }
   {
-    MoE moe({.non_finite = muon::NonFinitePolicy::throw_error});
+    MoE<B> moe({.non_finite = muon::NonFinitePolicy::throw_error});
     moe.gradients(0);
-    moe.g_up[7] = std::numeric_limits<double>::infinity();
+    moe.g_up[7] = std::numeric_limits<T>::infinity();
     const auto before = moe.everything();
     CHECK_THROWS_WITH(moe.opt.step(), Catch::Contains("'up'"));
     CHECK(moe.everything() == before);
   }
   {
-    MoE moe({.loss_scaling = true});
+    MoE<B> moe({.loss_scaling = true});
     moe.gradients(0);
-    moe.g_gate(1, 1) = std::numeric_limits<double>::infinity();
+    moe.g_gate(1, 1) = std::numeric_limits<T>::infinity();
     const auto before = moe.everything();
     const auto r = moe.opt.step({.inv_scale = 0.5});
     CHECK(r.overflow);
     CHECK(moe.everything() == before);
   }
   {
-    MoE moe;  // default: only the bad tensor is skipped
+    MoE<B> moe;  // default: only the bad tensor is skipped
     moe.gradients(0);
-    moe.g_qkv(0, 0) = std::numeric_limits<double>::quiet_NaN();
+    moe.g_qkv(0, 0) = std::numeric_limits<T>::quiet_NaN();
     const RowMat qkv = moe.qkv;
     const auto r = moe.opt.step();
     REQUIRE(r.skipped.size() == 1);
@@ -239,8 +256,11 @@ TEST_CASE("ManifoldModel decides about non-finite gradients for all groups at on
   }
 }
 
-TEST_CASE("ManifoldModel: one base lr, scaled per group", "[manifold_model]") {
-  MoE moe({.lr = 0.01, .embedding_lr_scale = 0.5});
+TEMPLATE_TEST_CASE("ManifoldModel: one base lr, scaled per group", "[manifold_model]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
+  using RowMat = RowMatT<T>;
+  MoE<B> moe({.lr = 0.01, .embedding_lr_scale = 0.5});
   CHECK(moe.opt.stiefel().lr() == Approx(0.01));
   CHECK(moe.opt.embeddings().lr() == Approx(0.005));
   CHECK(moe.opt.norms().fallback_lr() == Approx(0.1));
