@@ -2,6 +2,8 @@
 // different learning rates and weight decays, as torch's param_groups do, on both paths. A
 // grouped tensor must step exactly as it would in an optimizer whose own options are the
 // group's; groups show in the routing report, travel in checkpoints and can be changed.
+// Stepping tests run on every backend in MUON_TEST_BACKENDS (the tensors are Eigen matrices,
+// which every backend registers); registration checks and the by-name handle use one backend.
 #include <catch2/catch.hpp>
 
 #include <muon/backend/eigen.hpp>
@@ -9,14 +11,16 @@
 #include <muon/muon.hpp>
 #include <sstream>
 
+#include "support/backends.hpp"
+
 namespace {
 
 template <class T>
 using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 template <class T>
 using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
-template <class T>
-using Opt = muon::Muon<muon::backend::Eigen<T>>;
+template <class B>
+using Opt = muon::Muon<B>;
 
 template <class T>
 void fill(Mat<T>& m, double phase) {
@@ -29,10 +33,11 @@ void fill(Vec<T>& m, double phase) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("a grouped tensor steps as in an optimizer with the group's options", "[param_groups]", float,
-                   double) {
-  using T = TestType;
-  const typename Opt<T>::Options base{.lr = 0.02, .weight_decay = 0.05, .fallback = {.lr = 1e-3, .weight_decay = 0.01}};
+TEMPLATE_TEST_CASE("a grouped tensor steps as in an optimizer with the group's options", "[param_groups]",
+                   MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
+  const typename Opt<B>::Options base{.lr = 0.02, .weight_decay = 0.05, .fallback = {.lr = 1e-3, .weight_decay = 0.01}};
   Mat<T> w(6, 10), gw(6, 10), w_ref(6, 10);
   Vec<T> norm(10), gnorm(10), norm_ref(10);
   Vec<T> bias(6), gbias(6), bias_ref(6);
@@ -43,7 +48,7 @@ TEMPLATE_TEST_CASE("a grouped tensor steps as in an optimizer with the group's o
   norm_ref = norm;
   bias_ref = bias;
 
-  Opt<T> grouped(base);
+  Opt<B> grouped(base);
   grouped.add("w", w, gw, {.lr_scale = 0.5, .weight_decay = 0.2});
   grouped.add("norm", norm, gnorm, {.role = muon::Role::norm, .lr_scale = 10.0, .weight_decay = 0.0});
   grouped.add("bias", bias, gbias, {.role = muon::Role::bias});  // no group: the fallback's own
@@ -57,9 +62,9 @@ TEMPLATE_TEST_CASE("a grouped tensor steps as in an optimizer with the group's o
     o.fallback.weight_decay = fallback_wd;
     return o;
   };
-  Opt<T> ref_w(with(0.01, 0.2, 1e-3, 0.01));
-  Opt<T> ref_norm(with(0.02, 0.05, 1e-2, 0.0));
-  Opt<T> ref_bias(base);
+  Opt<B> ref_w(with(0.01, 0.2, 1e-3, 0.01));
+  Opt<B> ref_norm(with(0.02, 0.05, 1e-2, 0.0));
+  Opt<B> ref_bias(base);
   ref_w.add("w", w_ref, gw);
   ref_norm.add("norm", norm_ref, gnorm, {.role = muon::Role::norm});
   ref_bias.add("bias", bias_ref, gbias, {.role = muon::Role::bias});
@@ -87,13 +92,15 @@ TEMPLATE_TEST_CASE("a grouped tensor steps as in an optimizer with the group's o
   CHECK(entries[2].group().empty());
 }
 
-TEST_CASE("groups travel in checkpoints and can be changed between steps", "[param_groups][checkpoint]") {
-  using T = float;
+TEMPLATE_TEST_CASE("groups travel in checkpoints and can be changed between steps", "[param_groups][checkpoint]",
+                   MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
   Mat<T> w(4, 6), gw = Mat<T>::Zero(4, 6);
   Vec<T> b(4), gb = Vec<T>::Zero(4);
   fill(w, 0.0);
   fill(b, 0.0);
-  Opt<T> source;
+  Opt<B> source;
   source.add("w", w, gw, {.lr_scale = 3.0});
   source.add("b", b, gb, {.role = muon::Role::bias, .weight_decay = 0.0});
   std::stringstream file;
@@ -101,7 +108,7 @@ TEST_CASE("groups travel in checkpoints and can be changed between steps", "[par
 
   Mat<T> w2 = w;
   Vec<T> b2 = b;
-  Opt<T> target;
+  Opt<B> target;
   target.add("w", w2, gw);
   target.add("b", b2, gb, {.role = muon::Role::bias});
   CHECK(target.routing_report().to_string() != source.routing_report().to_string());
@@ -118,12 +125,13 @@ TEST_CASE("groups travel in checkpoints and can be changed between steps", "[par
 }
 
 TEST_CASE("group errors name the parameter and change nothing", "[param_groups][bad_input]") {
+  // Registration checks run before any backend work: one backend covers them.
   using T = float;
   Mat<T> w(4, 6), gw(4, 6);
   Vec<T> b(4), gb(4);
   fill(w, 0.0);
   fill(b, 0.0);
-  Opt<T> opt;
+  Opt<muon::backend::Eigen<T>> opt;
   CHECK_THROWS_WITH(opt.add("w", w, gw, {.lr_scale = std::nan("")}), Catch::Contains("parameter 'w': lr_scale"));
   CHECK_THROWS_WITH(opt.add("w", w, gw, {.weight_decay = -0.1}), Catch::Contains("parameter 'w': weight_decay"));
   CHECK(opt.size() == 0);
@@ -148,6 +156,9 @@ TEST_CASE("group errors name the parameter and change nothing", "[param_groups][
 }
 
 TEST_CASE("groups by name: a handle steps as the typed optimizer", "[param_groups][by_name]") {
+  // One backend: what is tested is the handle forwarding groups (backend-independent); by-name
+  // construction instantiates every named optimizer, once per backend (test_by_name's job, and
+  // the heaviest part of this file's build).
   using T = float;
   Mat<T> w(4, 6), gw(4, 6), w2(4, 6);
   Vec<T> b(4), gb(4), b2(4);
@@ -158,7 +169,7 @@ TEST_CASE("groups by name: a handle steps as the typed optimizer", "[param_group
   w2 = w;
   b2 = b;
   auto handle = muon::make_optimizer<muon::backend::Eigen<T>>("muon");
-  Opt<T> typed;
+  Opt<muon::backend::Eigen<T>> typed;
   handle->add("w", w, gw, {.lr_scale = 0.25});
   handle->add("b", b, gb, {.role = muon::Role::bias, .lr_scale = 4.0, .weight_decay = 0.0});
   typed.add("w", w2, gw, {.lr_scale = 0.25});
