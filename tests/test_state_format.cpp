@@ -267,3 +267,51 @@ TEST_CASE("state formats: bad enums are refused naming the option", "[state_form
   p.fallback.state.rounding = static_cast<StateRounding>(9);
   CHECK_THROWS_WITH(muon::Muon<B>(p), Catch::Contains("AdamW") && Catch::Contains("state.rounding"));
 }
+
+TEMPLATE_TEST_CASE("Lion's momentum and Grokfast's average in bf16 follow the written-out rule bit for bit",
+                   "[state_format]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using T = typename B::value_type;
+  const std::size_t n = 37;
+  std::vector<T> p = wave<T>(n, 0.3, 1.0), g(n), q = wave<T>(n, 0.9, 1.0), gq(n);
+  typename muon::MuonLion<B>::Options lo;
+  lo.fallback.state.format = StateFormat::bf16;
+  muon::MuonLion<B> lion(lo);
+  lion.add("p", muon::raw(p.data(), {static_cast<muon::index_t>(n)}), muon::raw(g.data(), {static_cast<muon::index_t>(n)}),
+           {.role = muon::Role::bias});
+  typename muon::Grokfast<B>::Options go;
+  go.filter.state.format = StateFormat::bf16;
+  muon::Grokfast<B> grok(go);
+  grok.add("q", muon::raw(q.data(), {static_cast<muon::index_t>(n)}), muon::raw(gq.data(), {static_cast<muon::index_t>(n)}));
+
+  std::vector<T> p_ref = p;
+  std::vector<std::uint16_t> m(n, 0), h(n, 0);
+  const auto lion_opts = lion.options().fallback;
+  const double alpha = go.filter.alpha;
+  for (int t = 0; t < 5; ++t) {
+    for (std::size_t i = 0; i < n; ++i) {
+      g[i] = static_cast<T>(std::sin(0.8 * t + 0.3 * static_cast<double>(i)));
+      gq[i] = static_cast<T>(std::cos(0.6 * t + 0.4 * static_cast<double>(i)));
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const T old = static_cast<T>(bf16_to_float(m[i]));
+      p_ref[i] = muon::policy::Lion::Update<T>{static_cast<T>(1.0 - lion_opts.lr * lion_opts.weight_decay),
+                                               static_cast<T>(lion_opts.lr), static_cast<T>(lion_opts.beta1),
+                                               static_cast<T>(1.0 - lion_opts.beta1)}(p_ref[i], old, g[i]);
+      m[i] = encode_state_bf16(muon::policy::Lion::Ema<T>{static_cast<T>(lion_opts.beta2),
+                                                          static_cast<T>(1.0 - lion_opts.beta2)}(old, g[i]),
+                               false, 0, 0);
+      const T first = t == 0 ? gq[i] : static_cast<T>(bf16_to_float(h[i]));
+      h[i] = encode_state_bf16(first * static_cast<T>(alpha) + gq[i] * static_cast<T>(1.0 - alpha), false, 0, 0);
+    }
+    REQUIRE(lion.step().all_applied());
+    REQUIRE(grok.step().all_applied());
+  }
+  CHECK(p == p_ref);
+  const auto ls = lion.state_snapshot().at("p/fallback/exp_avg"), gs = grok.state_snapshot().at("q/filter/ema");
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < n; ++i)
+    differ += (ls[i] != bf16_to_float(m[i])) + (gs[i] != bf16_to_float(h[i]));
+  CHECK(differ == 0);
+  CHECK(lion.memory_report().fallback_state_bytes == (n + sizeof(T) / 2 - 1) / (sizeof(T) / 2) * sizeof(T));
+}

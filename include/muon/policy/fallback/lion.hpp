@@ -6,13 +6,17 @@
 // Every element moves by exactly lr (plus the decay) whatever the gradient's magnitude, so Lion
 // wants a smaller lr (3-10x) and a larger weight decay than AdamW. Defaults are lion-pytorch's:
 // lr 1e-4, betas (0.9, 0.99), weight_decay 0.
+// The momentum is kept in value_type, or in bf16 (Options::state; core/state_format.hpp): then
+// one pass reads it, moves the parameter and stores the new momentum rounded.
 // Chen et al., "Symbolic Discovery of Optimization Algorithms" (arXiv:2302.06675);
 // github.com/lucidrains/lion-pytorch (lion_pytorch/lion_pytorch.py).
 #include <cstdint>
+#include <string>
 
 #include "muon/backend/concept.hpp"
 #include "muon/core/functors.hpp"
 #include "muon/core/param.hpp"
+#include "muon/core/state_format.hpp"
 #include "muon/core/validate.hpp"
 
 namespace muon::policy {
@@ -24,12 +28,14 @@ class Lion {
     double beta1 = 0.9;
     double beta2 = 0.99;
     double weight_decay = 0.0;
+    StateStorage state{};  // exp_avg: full (value_type) or bf16
   };
 
   template <class B>
   struct State {
-    typename B::template Buffer<typename B::value_type> exp_avg;
+    StateBuffer<B> exp_avg;
     std::uint64_t step = 0;
+    std::string name;  // the tensor's, for stochastic rounding's streams (not saved)
     template <class V>
     void visit(V&& v) {
       v("exp_avg", exp_avg);
@@ -43,6 +49,7 @@ class Lion {
     detail::require_unit_interval("Lion", "beta1", options_.beta1);
     detail::require_unit_interval("Lion", "beta2", options_.beta2);
     detail::require_non_negative("Lion", "weight_decay", options_.weight_decay);
+    detail::require_state_storage("Lion", "state", options_.state);
   }
 
   [[nodiscard]] const Options& options() const { return options_; }
@@ -54,7 +61,7 @@ class Lion {
 
   template <class B>
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
-    return {b.template allocate<typename B::value_type>(static_cast<std::size_t>(info.shape.numel())), 0};
+    return {StateBuffer<B>(b, static_cast<std::size_t>(info.shape.numel()), options_.state.format), 0, info.name};
   }
 
   template <class B>
@@ -67,17 +74,26 @@ class Lion {
   void apply(B& b, State<B>& s, backend::MatrixView<typename B::value_type> w,
              backend::MatrixView<const typename B::value_type> g, const FallbackRates& rates) {
     using T = typename B::value_type;
-    backend::MatrixView<T> m{s.exp_avg.data(), 1, 1, w.size()};
+    const Update<T> update{fn::saturate_cast<T>(1.0 - rates.lr * rates.weight_decay), fn::saturate_cast<T>(rates.lr),
+                           static_cast<T>(options_.beta1), static_cast<T>(1.0 - options_.beta1)};
+    const Ema<T> ema{static_cast<T>(options_.beta2), static_cast<T>(1.0 - options_.beta2)};
     const auto wf = w.flat();
     const auto gf = g.flat();
+    if (s.exp_avg.format() == StateFormat::bf16) {
+      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
+      b.transform_indexed(wf,
+                          UpdateBf16<T>{s.exp_avg.bits(), update, ema, stochastic,
+                                        stochastic ? detail::rounding_stream(s.name, "exp_avg", s.step + 1) : 0},
+                          backend::MatrixView<const T>(wf), gf);
+      s.step += 1;
+      return;
+    }
+    backend::MatrixView<T> m{s.exp_avg.data(), 1, 1, w.size()};
     // Two passes, each writing one tensor once: the parameter first, because its sign needs the
     // momentum from before this step; then the momentum. (One pass would need a transform with
     // two outputs, which the backend concept does not have.)
-    b.transform(wf,
-                Update<T>{fn::saturate_cast<T>(1.0 - rates.lr * rates.weight_decay), fn::saturate_cast<T>(rates.lr),
-                          static_cast<T>(options_.beta1), static_cast<T>(1.0 - options_.beta1)},
-                wf, m, gf);
-    b.transform(m, Ema<T>{static_cast<T>(options_.beta2), static_cast<T>(1.0 - options_.beta2)}, m, gf);
+    b.transform(wf, update, wf, m, gf);
+    b.transform(m, ema, m, gf);
     s.step += 1;
   }
 
@@ -107,6 +123,22 @@ class Lion {
   struct Ema {
     T beta, one_minus_beta;
     MUON_HOST_DEVICE T operator()(T m, T g) const { return beta * m + one_minus_beta * g; }
+  };
+
+  // The momentum in bf16: the parameter moves with the stored momentum from before this step,
+  // then the new momentum is stored rounded (both in one pass).
+  template <class T>
+  struct UpdateBf16 {
+    std::uint16_t* m;
+    Update<T> update;
+    Ema<T> ema;
+    bool stochastic;
+    std::uint64_t stream;
+    MUON_HOST_DEVICE T operator()(index_t k, T p, T g) const {
+      const T old = static_cast<T>(detail::bf16_to_float(m[k]));
+      m[k] = detail::encode_state_bf16(ema(old, g), stochastic, stream, static_cast<std::uint64_t>(k));
+      return update(p, old, g);
+    }
   };
 
  private:

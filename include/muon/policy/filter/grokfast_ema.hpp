@@ -13,11 +13,13 @@
 // Gradients" (arXiv:2405.20233). Defaults are the official code's: alpha 0.98, lamb 2.0.
 // State per tensor: one buffer the tensor's size ("ema") and the step count ("steps").
 #include <cstdint>
+#include <string>
 
 #include "muon/backend/concept.hpp"
 #include "muon/core/functors.hpp"
 #include "muon/core/config.hpp"
 #include "muon/core/param.hpp"
+#include "muon/core/state_format.hpp"
 #include "muon/core/validate.hpp"
 #include "muon/core/workspace.hpp"
 
@@ -28,12 +30,14 @@ class GrokfastEMA {
   struct Options {
     double alpha = 0.98;  // EMA momentum, in [0, 1)
     double lamb = 2.0;    // amplification of the average, finite
+    StateStorage state{};  // the average: full (value_type) or bf16 (core/state_format.hpp)
   };
 
   template <class B>
   struct State {
-    typename B::template Buffer<typename B::value_type> ema;
+    StateBuffer<B> ema;
     std::uint64_t steps = 0;  // gradients seen; 0 means the average is not started yet
+    std::string name;         // the tensor's, for stochastic rounding's streams (not saved)
     template <class V>
     void visit(V&& v) {
       v("ema", ema);
@@ -45,13 +49,14 @@ class GrokfastEMA {
   explicit GrokfastEMA(const Options& options) : options_(options) {
     detail::require_unit_interval("GrokfastEMA", "alpha", options_.alpha);
     detail::require_finite("GrokfastEMA", "lamb", options_.lamb);
+    detail::require_state_storage("GrokfastEMA", "state", options_.state);
   }
 
   [[nodiscard]] const Options& options() const { return options_; }
 
   template <class B>
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
-    return {b.template allocate<typename B::value_type>(static_cast<std::size_t>(info.shape.numel())), 0};
+    return {StateBuffer<B>(b, static_cast<std::size_t>(info.shape.numel()), options_.state.format), 0, info.name};
   }
 
   [[nodiscard]] WorkspaceNeed plan(const ParamInfo& info) const {
@@ -64,11 +69,21 @@ class GrokfastEMA {
                                                           Workspace<B>& ws) {
     using T = typename B::value_type;
     const auto gf = g.flat();
-    backend::MatrixView<T> h{s.ema.data(), 1, 1, gf.size()};
-    b.transform(h, EmaUpdate<T>{static_cast<T>(options_.alpha), static_cast<T>(1.0 - options_.alpha), s.steps == 0},
-                h, gf);
+    const EmaUpdate<T> update{static_cast<T>(options_.alpha), static_cast<T>(1.0 - options_.alpha), s.steps == 0};
+    const Amplify<T> amplify{static_cast<T>(options_.lamb)};
     auto out = ws.take(g.batch, g.rows, g.cols);
-    b.transform(out.flat(), Amplify<T>{static_cast<T>(options_.lamb)}, gf, h);
+    if (s.ema.format() == StateFormat::bf16) {  // one pass: read, update, store rounded, amplify
+      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
+      b.transform_indexed(out.flat(),
+                          AmplifyBf16<T>{s.ema.bits(), update, amplify, stochastic,
+                                         stochastic ? detail::rounding_stream(s.name, "ema", s.steps + 1) : 0},
+                          gf);
+      s.steps += 1;
+      return out;
+    }
+    backend::MatrixView<T> h{s.ema.data(), 1, 1, gf.size()};
+    b.transform(h, update, h, gf);
+    b.transform(out.flat(), amplify, gf, h);
     s.steps += 1;
     return out;
   }
@@ -89,6 +104,23 @@ class GrokfastEMA {
     T lamb;
     T max = fn::k_largest<T>;
     MUON_HOST_DEVICE T operator()(T g, T h) const { return fn::saturate(g + h * lamb, max); }
+  };
+
+  // The average in bf16: updated in T, stored rounded, and the stored value amplifies g.
+  template <class T>
+  struct AmplifyBf16 {
+    std::uint16_t* h;
+    EmaUpdate<T> update;
+    Amplify<T> amplify;
+    bool stochastic;
+    std::uint64_t stream;
+    MUON_HOST_DEVICE T operator()(index_t k, T g) const {
+      const std::uint16_t bits =
+          detail::encode_state_bf16(update(static_cast<T>(detail::bf16_to_float(h[k])), g), stochastic, stream,
+                                    static_cast<std::uint64_t>(k));
+      h[k] = bits;
+      return amplify(g, static_cast<T>(detail::bf16_to_float(bits)));
+    }
   };
 
  private:
