@@ -10,6 +10,19 @@ include_guard(GLOBAL)
 option(MUON_MPI "Build muon::mpi (the MPI communicator of muon::distributed) when MPI is found" ON)
 set(MUON_HAVE_MPI FALSE)
 
+# muon_add_mpi_executable(<name> <source>...): an executable on muon::mpi and muon::eigen with the
+# project's warning flags, where muon::mpi exists (nothing otherwise). For the benchmarks.
+function(muon_add_mpi_executable name)
+  if(NOT TARGET muon::mpi OR NOT TARGET muon::eigen)
+    return()
+  endif()
+  add_executable(${name} ${ARGN})
+  target_link_libraries(${name} PRIVATE muon::mpi muon::eigen)
+  if(COMMAND muon_target_dev_options)
+    muon_target_dev_options(${name})
+  endif()
+endfunction()
+
 if(NOT MUON_MPI)
   message(STATUS "muon: MUON_MPI is OFF, muon::mpi will not be available")
   return()
