@@ -70,9 +70,8 @@ inline std::string find_on_path(const std::string& name) {
   std::string dir;
   while (std::getline(dirs, dir, ':')) {
     if (dir.empty()) dir = ".";
-    std::string candidate = dir;
-    candidate += '/';
-    candidate += name;
+    // (std::filesystem::path, not string concatenation: GCC 12 warns falsely on the latter.)
+    const std::string candidate = (std::filesystem::path(dir) / name).string();
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return {};
@@ -116,6 +115,7 @@ class Progress {
       : label_(std::move(label)), total_(std::max(total, 1L)), tty_(stdout_is_terminal()), start_(Clock::now()) {}
 
   void update(long done, const std::string& status) {
+    done_ = done;
     const auto now = Clock::now();
     if (tty_) {
       if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
@@ -130,13 +130,14 @@ class Progress {
     }
   }
 
+  // The last line shows the count of the last update() (a run may stop early).
   void finish(const std::string& status) {
     if (finished_) return;
     finished_ = true;
     if (tty_) {
-      draw(total_, status, true);
+      draw(done_, status, true);
     } else {
-      std::printf("%s\n", line(total_, status).c_str());
+      std::printf("%s\n", line(done_, status).c_str());
       std::fflush(stdout);
     }
   }
@@ -188,6 +189,7 @@ class Progress {
   Clock::time_point start_;
   Clock::time_point last_draw_{};
   long last_bucket_ = 0;
+  long done_ = 0;
   std::size_t last_width_ = 0;
   bool finished_ = false;
 };
@@ -253,6 +255,7 @@ struct Plot {
   std::string png_path, title, xlabel, ylabel;
   bool log_y = false;
   std::vector<Series> series;
+  bool log_x = false;  // added after the first API: kept last so that existing initialisers still compile
 };
 
 namespace detail {
@@ -265,6 +268,7 @@ inline bool plot_gnuplot(const Plot& plot, const std::string& gnuplot) {
   script += "set xlabel " + gnuplot_quote(plot.xlabel) + "\n";
   script += "set ylabel " + gnuplot_quote(plot.ylabel) + "\n";
   if (plot.log_y) script += "set logscale y\n";
+  if (plot.log_x) script += "set logscale x\n";
   script += "plot ";
   for (std::size_t i = 0; i < plot.series.size(); ++i) {
     const Series& s = plot.series[i];
@@ -299,9 +303,9 @@ try:
     import matplotlib.pyplot as plt
 except ImportError:
     sys.exit(3)
-png, title, xlabel, ylabel, log_y = sys.argv[1:6]
+png, title, xlabel, ylabel, log_y, log_x = sys.argv[1:7]
 fig, ax = plt.subplots(figsize=(9, 5.6), dpi=100)
-rest = sys.argv[6:]
+rest = sys.argv[7:]
 for i in range(0, len(rest), 4):
     path, xc, yc, label = rest[i:i + 4]
     xs, ys = [], []
@@ -312,6 +316,8 @@ for i in range(0, len(rest), 4):
     ax.plot(xs, ys, lw=2, label=label)
 if log_y == "1":
     ax.set_yscale("log")
+if log_x == "1":
+    ax.set_xscale("log")
 ax.set_title(title)
 ax.set_xlabel(xlabel)
 ax.set_ylabel(ylabel)
@@ -329,7 +335,7 @@ fig.savefig(png)
     if (!out) return 0;
   }
   std::vector<std::string> argv{"/usr/bin/python3", script_path, plot.png_path, plot.title, plot.xlabel, plot.ylabel,
-                                plot.log_y ? "1" : "0"};
+                                plot.log_y ? "1" : "0", plot.log_x ? "1" : "0"};
   for (const Series& s : plot.series) argv.insert(argv.end(), {s.csv_path, s.x_column, s.y_column, s.title});
   const int rc = run_program(argv);
   std::remove(script_path.c_str());
@@ -348,6 +354,8 @@ inline bool plot_png(const Plot& plot) {
   const char* forced = std::getenv("MUON_PLOTTER");
   const std::string want = forced != nullptr ? forced : "";
   if (want == "none") return false;
+  for (const Series& s : plot.series)
+    if (detail::csv_column(s.csv_path, s.x_column) == 0 || detail::csv_column(s.csv_path, s.y_column) == 0) return false;
   {
     const std::filesystem::path parent = std::filesystem::path(plot.png_path).parent_path();
     std::error_code ec;
@@ -468,8 +476,8 @@ class Args {
   // Call after reading every option: prints the usage and exits 0 on --help, refuses leftovers.
   void done() {
     if (help_) {
+      if (throw_) throw std::invalid_argument("help\n" + help_text());
       std::printf("%s", help_text().c_str());
-      if (throw_) throw std::invalid_argument("help");
       std::exit(0);
     }
     for (const auto& [name, g] : given_)
