@@ -1,15 +1,17 @@
 // Named compositions and the runtime ablation switches: each switch turns off exactly its stage.
+// Typed over every backend in MUON_TEST_BACKENDS (the comparisons are exact in any scalar).
 #include <catch2/catch.hpp>
 
 #include <muon/backend/eigen.hpp>
 #include <muon/muon.hpp>
 
-namespace {
-using B = muon::backend::Eigen<double>;
-using Mat = Eigen::MatrixXd;
-using Vec = Eigen::VectorXd;
+#include "support/backends.hpp"
 
+namespace {
+template <class T>
 struct Problem {
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   Mat w = Mat::Random(8, 16), gw = Mat::Random(8, 16);
   Vec b = Vec::Random(8), gb = Vec::Random(8);
   template <class Opt>
@@ -20,22 +22,26 @@ struct Problem {
 };
 }  // namespace
 
-TEST_CASE("Grokfast<B> sends every tensor to AdamW; MuonGrokfast routes like Muon", "[ablation][composition]") {
-  Problem p;
+TEMPLATE_TEST_CASE("Grokfast<B> sends every tensor to AdamW; MuonGrokfast routes like Muon", "[ablation][composition]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using P = Problem<typename B::value_type>;
+  P p;
   muon::Grokfast<B> grokfast;
   p.add_to(grokfast);
   CHECK(grokfast.routing_report().count(muon::Path::fallback) == 2);
   CHECK(grokfast.routing_report().entries[0].rule == "fallback-only composition");
-  Problem q;
+  P q;
   muon::MuonGrokfast<B> mg;
   q.add_to(mg);
   CHECK(mg.path(0) == muon::Path::matrix);
   CHECK(mg.path(1) == muon::Path::fallback);
 }
 
-TEST_CASE("enable_filter off equals the composition without the filter", "[ablation]") {
-  Problem a;
-  Problem b = a;  // same values
+TEMPLATE_TEST_CASE("enable_filter off equals the composition without the filter", "[ablation]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using P = Problem<typename B::value_type>;
+  P a;
+  P b = a;  // same values
   muon::MuonGrokfast<B> off({.enable_filter = false});
   muon::Muon<B> plain;
   a.add_to(off);
@@ -55,9 +61,11 @@ TEST_CASE("enable_filter off equals the composition without the filter", "[ablat
   CHECK(a.w != b.w);
 }
 
-TEST_CASE("enable_muon off sends matrices to the fallback, with the rule in the report", "[ablation]") {
-  Problem a;
-  Problem b = a;
+TEMPLATE_TEST_CASE("enable_muon off sends matrices to the fallback, with the rule in the report", "[ablation]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using P = Problem<typename B::value_type>;
+  P a;
+  P b = a;
   muon::Muon<B> off({.enable_muon = false});
   muon::Muon<B> all_adamw;
   a.add_to(off);
@@ -70,9 +78,11 @@ TEST_CASE("enable_muon off sends matrices to the fallback, with the rule in the 
   CHECK(a.w == b.w);
 }
 
-TEST_CASE("enable_constraint off runs the orthogonalizer alone", "[ablation]") {
-  Problem a;
-  Problem b = a;
+TEMPLATE_TEST_CASE("enable_constraint off runs the orthogonalizer alone", "[ablation]", MUON_TEST_BACKENDS) {
+  using B = TestType;
+  using P = Problem<typename B::value_type>;
+  P a;
+  P b = a;
   // With NoConstraint the two must agree exactly; constraints with effects test their own switch.
   muon::Muon<B> off({.enable_constraint = false});
   muon::Muon<B> on;
