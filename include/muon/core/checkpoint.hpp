@@ -11,8 +11,9 @@
 //               [has_parameters: u64 n, n values]
 //               u32 item_count, per item: str key, u8 kind (0 buffer, 1 counter),
 //                 buffer: u8 element_size, u64 n, n elements;  counter: u64 value
-//                 (element_size 4 or 8: value_type state; 2: bfloat16 bits, state kept in bf16,
-//                 core/state_format.hpp)
+//                 (element_size 4 or 8: value_type state; 2: bfloat16 bits, state kept in bf16;
+//                 1: the codes of 8-bit block-wise state, with two companion items "<key>#absmax"
+//                 (value_type block scales) and "<key>#block" (a counter); core/state_format.hpp)
 //   u64 FNV-1a 64 of every byte before it
 // (str = u32 length + bytes.) The checksum catches truncation and corruption; every read is
 // bounds-checked as well, so a damaged file gets an Error, never undefined behaviour. Version 1
@@ -357,10 +358,11 @@ inline CheckpointContents read_checkpoint(std::istream& is, std::size_t value_si
       } else if (kind == 0) {
         item.element_size = r.get<std::uint8_t>();
         item.value = r.get<std::uint64_t>();
-        if (item.element_size != 2 && item.element_size != 4 && item.element_size != 8)
+        if (item.element_size != 1 && item.element_size != 2 && item.element_size != 4 && item.element_size != 8)
           fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " has an invalid element size");
         item.at = r.skip_array(item.value, item.element_size);
-        const bool finite = item.element_size == 2   ? r.all_finite_bf16(item.at, item.value, false)
+        const bool finite = item.element_size == 1   ? true  // 8-bit codes (q8 state): every byte is a value
+                            : item.element_size == 2 ? r.all_finite_bf16(item.at, item.value, false)
                             : item.element_size == 4 ? r.all_finite<float>(item.at, item.value, false)
                                                      : r.all_finite<double>(item.at, item.value, false);
         if (!finite) fail("checkpoint: tensor " + shown_value(name) + ", state " + shown_value(key) + " holds non-finite values");

@@ -373,11 +373,16 @@ class Optimizer {
       if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
         dst = {static_cast<double>(item)};
       } else if constexpr (detail::is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
-        const auto host = download(item);  // the values, decoded when kept in bf16
+        const auto host = download(item);  // the values, decoded when kept in bf16 or q8
         if (item.format() == StateFormat::bf16) {
           const auto* bits = reinterpret_cast<const std::uint16_t*>(host.data());
           dst.resize(item.count());
           for (std::size_t i = 0; i < item.count(); ++i) dst[i] = detail::bf16_to_float(bits[i]);
+        } else if (item.format() == StateFormat::q8) {
+          std::vector<T> values(item.count());
+          detail::q8_decode_host(reinterpret_cast<const std::uint8_t*>(host.data()), host.data() + (item.scales() - item.data()),
+                                 item.count(), item.block(), item.non_negative(), values.data());
+          dst.assign(values.begin(), values.end());
         } else {
           dst.assign(host.begin(), host.end());
         }
@@ -545,7 +550,7 @@ class Optimizer {
     detail::require_non_negative("Optimizer", "weight_decay", o.weight_decay);
     detail::require_unit_interval("Optimizer", "normuon_beta2", o.normuon_beta2);
     detail::require_positive("Optimizer", "normuon_eps", o.normuon_eps);
-    detail::require_state_storage("Optimizer", "momentum_state", o.momentum_state);
+    detail::require_state_storage("Optimizer", "momentum_state", o.momentum_state, false);
     if (o.threads < 0 || o.threads > ThreadPool::k_max_threads)
       detail::fail("Optimizer: option 'threads' must be in [0, " + std::to_string(ThreadPool::k_max_threads) +
                    "] (0 = every available core), got " + std::to_string(o.threads));
@@ -638,7 +643,7 @@ class Optimizer {
                                          transposed,
                                          adjusted_lr(1.0, options_.lr_adjust, rows, cols) *
                                              modular_factor(options_.modular, options.layer, options.depth, rows, cols),
-                                         StateBuffer<B>(backend_, static_cast<std::size_t>(n), options_.momentum_state.format),
+                                         StateBuffer<B>(backend_, static_cast<std::size_t>(n), options_.momentum_state),
                                          filter_.template make_state<B>(backend_, info),
                                          constraint_.template make_state<B>(backend_, info),
                                          backend_.template allocate<T>(options_.normuon ? static_cast<std::size_t>(batch * rows) : 0),

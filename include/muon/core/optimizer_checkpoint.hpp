@@ -66,7 +66,11 @@ struct OptimizerCheckpoint {
         w.put_array(values.data(), values.size());
       }
       std::uint32_t items = 0;
-      o.for_each_state_of(id, [&](const std::string&, auto&) { ++items; });
+      o.for_each_state_of(id, [&](const std::string&, auto& item) {
+        ++items;
+        if constexpr (is_state_buffer_v<std::remove_cvref_t<decltype(item)>>)
+          if (item.format() == StateFormat::q8) items += 2;  // "#absmax" and "#block"
+      });
       w.put(items);
       o.for_each_state_of(id, [&](const std::string& key, auto& item) {
         w.put_string(key);
@@ -74,15 +78,28 @@ struct OptimizerCheckpoint {
           w.put(std::uint8_t{1});
           w.put(static_cast<std::uint64_t>(item));
         } else if constexpr (is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
-          // In its format: value_type elements, or the bf16 bits as 16-bit elements.
+          // In its format: value_type elements, the bf16 bits as 16-bit elements, or the q8
+          // codes as bytes followed by two companion items, "<key>#absmax" (the block scales)
+          // and "<key>#block" (the block size).
           const auto host = o.download(item);
           w.put(std::uint8_t{0});
           w.put(static_cast<std::uint8_t>(state_element_bytes(item.format(), sizeof(T))));
           w.put(static_cast<std::uint64_t>(item.count()));
-          if (item.format() == StateFormat::bf16)
+          if (item.format() == StateFormat::bf16) {
             w.put_array(reinterpret_cast<const std::uint16_t*>(host.data()), item.count());
-          else
+          } else if (item.format() == StateFormat::q8) {
+            w.put_array(reinterpret_cast<const std::uint8_t*>(host.data()), item.count());
+            w.put_string(key + "#absmax");
+            w.put(std::uint8_t{0});
+            w.put(static_cast<std::uint8_t>(sizeof(T)));
+            w.put(static_cast<std::uint64_t>(item.blocks()));
+            w.put_array(host.data() + (item.scales() - item.data()), item.blocks());
+            w.put_string(key + "#block");
+            w.put(std::uint8_t{1});
+            w.put(static_cast<std::uint64_t>(item.block()));
+          } else {
             w.put_array(host.data(), item.count());
+          }
         } else {
           const auto host = o.download(item);
           w.put(std::uint8_t{0});
@@ -145,25 +162,22 @@ struct OptimizerCheckpoint {
         const detail::CheckpointItem& saved = found->second;
         const detail::StateLimits limits = state_limits(o, key);
         if constexpr (is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
-          if (saved.counter) detail::fail_param(e.info.name, "state '" + key + "' is a buffer here, a counter in the checkpoint");
-          const std::size_t here = state_element_bytes(item.format(), sizeof(T));
-          if (saved.element_size != here) {
-            const bool convertible = saved.element_size == 2 || saved.element_size == sizeof(T);
-            if (!convertible)
-              detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(8 * saved.element_size) +
-                                                  "-bit elements in the checkpoint, " + std::to_string(8 * here) + "-bit here");
-            const char* from = saved.element_size == 2 ? "bf16" : "full";
+          const SavedState sf = saved_state<T>(c.reader, st, key, saved, e.info.name, item.non_negative());
+          if (sf.format == StateFormat::q8) expected_items += 2;
+          if (sf.format != item.format() || (sf.format == StateFormat::q8 && sf.block != item.block())) {
             if (!options.convert_state_formats)
-              detail::fail_param(e.info.name, "state '" + key + "' is stored as " + from + " in the checkpoint and kept as " +
-                                                  to_string(item.format()) +
+              detail::fail_param(e.info.name, "state '" + key + "' is stored as " + describe(sf.format, sf.block) +
+                                                  " in the checkpoint and kept as " + describe(item.format(), item.block()) +
                                                   " here; load with LoadOptions{.convert_state_formats = true} to convert it");
-            report.conversions.push_back(e.info.name + "/" + key + ": " + from + " -> " + to_string(item.format()));
+            report.conversions.push_back(e.info.name + "/" + key + ": " + describe(sf.format, sf.block) + " -> " +
+                                         describe(item.format(), item.block()));
           }
           if (saved.value != item.count())
             detail::fail_param(e.info.name, "state '" + key + "' has " + std::to_string(saved.value) +
                                                 " elements in the checkpoint, " + std::to_string(item.count()) + " here");
-          const bool ok = saved.element_size == 2 ? c.reader.all_finite_bf16(saved.at, item.count(), true)
-                                                  : c.reader.template all_finite<T>(saved.at, item.count(), true);
+          const bool ok = sf.format == StateFormat::bf16 ? c.reader.all_finite_bf16(saved.at, item.count(), true)
+                          : sf.format == StateFormat::full ? c.reader.template all_finite<T>(saved.at, item.count(), true)
+                                                           : true;  // q8: the code is non-negative by construction
           if (limits.non_negative && !ok)
             detail::fail_param(e.info.name, "state '" + key + "' holds negative values in the checkpoint");
         } else if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
@@ -221,7 +235,9 @@ struct OptimizerCheckpoint {
         if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(item)>>) {
           item = static_cast<std::remove_cvref_t<decltype(item)>>(saved.value);
         } else if constexpr (is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
-          o.upload(item, state_from_checkpoint(c.reader, saved, item));
+          o.upload(item, state_from_checkpoint(c.reader, saved_state<T>(c.reader, st, key, saved, e.info.name,
+                                                                        item.non_negative()),
+                                               item));
         } else {
           using U = std::remove_cvref_t<decltype(*item.data())>;
           std::vector<U> host(item.size());
@@ -240,33 +256,108 @@ struct OptimizerCheckpoint {
     }
 
  private:
-  // A StateBuffer's storage as the host holds it, from a checked item saved in either format
-  // (converted when the formats differ: bf16 -> value_type exactly, value_type -> bf16 rounded
-  // to nearest even).
+  // How a StateBuffer item was saved: its format, and for q8 the block size and the scales.
+  struct SavedState {
+    StateFormat format = StateFormat::full;
+    std::size_t block = 0;
+    const CheckpointItem* main = nullptr;
+    const CheckpointItem* absmax = nullptr;
+  };
+  static std::string describe(StateFormat f, std::size_t block) {
+    return f == StateFormat::q8 ? "q8 (block " + std::to_string(block) + ")" : std::string(to_string(f));
+  }
+  // Reads the saved item's format from its element size, and checks a q8 item's companions:
+  // "#block" a counter in [16, 65536], "#absmax" one non-negative scale per block, and (signed
+  // code) no byte -128.
+  template <class T>
+  static SavedState saved_state(const CheckpointReader& r, const CheckpointTensor& st, const std::string& key,
+                                const CheckpointItem& saved, const std::string& name, bool non_negative) {
+    if (saved.counter) detail::fail_param(name, "state '" + key + "' is a buffer here, a counter in the checkpoint");
+    SavedState out;
+    out.main = &saved;
+    if (saved.element_size == 2) {
+      out.format = StateFormat::bf16;
+    } else if (saved.element_size == sizeof(T)) {
+      out.format = StateFormat::full;
+    } else if (saved.element_size == 1) {
+      out.format = StateFormat::q8;
+      const auto b = st.items.find(key + "#block");
+      const auto a = st.items.find(key + "#absmax");
+      if (b == st.items.end() || !b->second.counter || b->second.value < 16 || b->second.value > 65536)
+        detail::fail_param(name, "state '" + key + "' is 8-bit in the checkpoint without a valid '#block' item");
+      out.block = static_cast<std::size_t>(b->second.value);
+      const std::uint64_t blocks = (saved.value + out.block - 1) / out.block;
+      if (a == st.items.end() || a->second.counter || a->second.element_size != sizeof(T) || a->second.value != blocks)
+        detail::fail_param(name, "state '" + key + "' is 8-bit in the checkpoint without " + std::to_string(blocks) +
+                                     " block scales ('#absmax')");
+      if (!r.template all_finite<T>(a->second.at, blocks, true))
+        detail::fail_param(name, "state '" + key + "' has negative block scales in the checkpoint");
+      out.absmax = &a->second;
+      if (!non_negative) {
+        std::vector<std::uint8_t> codes(static_cast<std::size_t>(saved.value));
+        r.read_array(saved.at, codes.data(), codes.size());
+        for (const std::uint8_t q : codes)
+          if (q == 0x80u) detail::fail_param(name, "state '" + key + "' holds an invalid 8-bit code (-128) in the checkpoint");
+      }
+    } else {
+      detail::fail_param(name, "state '" + key + "' has " + std::to_string(8 * saved.element_size) +
+                                   "-bit elements in the checkpoint, which no state format of this optimizer uses");
+    }
+    return out;
+  }
+
+  // A StateBuffer's storage as the host holds it, from a checked item saved in any format:
+  // copied when the formats agree; else decoded to value_type (bf16 exactly, q8 by its code)
+  // and encoded in the item's format (bf16: nearest even; q8: block absmax, nearest code).
   template <class Item>
-  static std::vector<typename Opt::value_type> state_from_checkpoint(const CheckpointReader& r, const CheckpointItem& saved,
+  static std::vector<typename Opt::value_type> state_from_checkpoint(const CheckpointReader& r, const SavedState& sf,
                                                                      Item& item) {
     using T = typename Opt::value_type;
     const std::size_t n = item.count();
     std::vector<T> storage(item.size(), T(0));
-    if (saved.element_size == 2) {
-      std::vector<std::uint16_t> bits(n);
-      r.read_array(saved.at, bits.data(), n);
-      if (item.format() == StateFormat::bf16)
-        std::memcpy(storage.data(), bits.data(), n * sizeof(std::uint16_t));
-      else
-        for (std::size_t i = 0; i < n; ++i) storage[i] = static_cast<T>(bf16_to_float(bits[i]));
-    } else {
-      std::vector<T> values(n);
-      r.read_array(saved.at, values.data(), n);
-      if (item.format() == StateFormat::bf16) {
+    auto* bytes = reinterpret_cast<unsigned char*>(storage.data());
+    const std::size_t scales_at = static_cast<std::size_t>(item.scales() - item.data());
+    const bool same = sf.format == item.format() && (sf.format != StateFormat::q8 || sf.block == item.block());
+    if (same && sf.format != StateFormat::full) {
+      const std::size_t width = sf.format == StateFormat::bf16 ? 2 : 1;
+      std::vector<unsigned char> raw(n * width);
+      if (width == 2) {
         std::vector<std::uint16_t> bits(n);
-        for (std::size_t i = 0; i < n; ++i) bits[i] = encode_state_bf16(values[i], false, 0, 0);
-        std::memcpy(storage.data(), bits.data(), n * sizeof(std::uint16_t));
+        r.read_array(sf.main->at, bits.data(), n);
+        std::memcpy(raw.data(), bits.data(), raw.size());
       } else {
-        storage = std::move(values);
+        r.read_array(sf.main->at, raw.data(), n);
       }
+      if (!raw.empty()) std::memcpy(bytes, raw.data(), raw.size());
+      if (sf.format == StateFormat::q8) r.read_array(sf.absmax->at, storage.data() + scales_at, item.blocks());
+      return storage;
     }
+    std::vector<T> values(n);
+    if (sf.format == StateFormat::full) {
+      r.read_array(sf.main->at, values.data(), n);
+    } else if (sf.format == StateFormat::bf16) {
+      std::vector<std::uint16_t> bits(n);
+      r.read_array(sf.main->at, bits.data(), n);
+      for (std::size_t i = 0; i < n; ++i) values[i] = static_cast<T>(bf16_to_float(bits[i]));
+    } else {
+      std::vector<std::uint8_t> codes(n);
+      std::vector<T> scales((n + sf.block - 1) / sf.block);
+      r.read_array(sf.main->at, codes.data(), n);
+      r.read_array(sf.absmax->at, scales.data(), scales.size());
+      q8_decode_host(codes.data(), scales.data(), n, sf.block, item.non_negative(), values.data());
+    }
+    if (item.format() == StateFormat::full) return values;
+    if (item.format() == StateFormat::bf16) {
+      std::vector<std::uint16_t> bits(n);
+      for (std::size_t i = 0; i < n; ++i) bits[i] = encode_state_bf16(values[i], false, 0, 0);
+      if (n) std::memcpy(bytes, bits.data(), n * sizeof(std::uint16_t));
+      return storage;
+    }
+    std::vector<std::uint8_t> codes(n);
+    std::vector<T> scales(item.blocks());
+    q8_encode_host(values.data(), n, item.block(), item.non_negative(), codes.data(), scales.data());
+    if (n) std::memcpy(bytes, codes.data(), n);
+    std::copy(scales.begin(), scales.end(), storage.begin() + static_cast<std::ptrdiff_t>(scales_at));
     return storage;
   }
 

@@ -1,9 +1,23 @@
 #pragma once
-// How optimizer state is stored: in value_type (StateFormat::full, the default), or in bfloat16
+// How optimizer state is stored: in value_type (StateFormat::full, the default), in bfloat16
 // (StateFormat::bf16: half the bytes of float state, as modded-nanogpt and Dion keep Muon's
-// momentum). A bf16 value is read, updated in value_type arithmetic and written back rounded,
-// inside the one elementwise pass that updates it: there is never a value_type copy of the
-// whole state.
+// momentum), or 8-bit block-wise quantized (StateFormat::q8, AdamW and Lion moments: a quarter,
+// plus one value_type scale per block, in the spirit of bitsandbytes' 8-bit optimizers). A
+// stored value is read, updated in value_type arithmetic and written back in its format inside
+// the one pass that updates it: there is never a value_type copy of the whole state.
+//
+// The 8-bit code (q8). Each block of StateStorage::block values (default 256) keeps its largest
+// magnitude as a value_type scale; a value is stored as a byte on a power-law grid relative to
+// that scale:
+//   signed items (first moments):     x = scale * sign(q) * (|q| / 127)^2,  q in [-127, 127]
+//   non-negative items (exp_avg_sq):  v = scale * (q / 255)^4,             q in [0, 255]
+// Why this code and not a linear one: a block's moments spread over orders of magnitude, and a
+// linear grid rounds everything below scale/255 to zero; a zero second moment under a nonzero
+// first one would turn AdamW's step into m / eps. The power law keeps a relative step of 2/|q|
+// (4/q for v) over about 4 (8) decades, like the dynamic tree code bitsandbytes uses, and unlike
+// that code it encodes and decodes in closed form (a square root; no table, no search), the
+// same way on a CPU and in a CUDA kernel. A nonzero v is never stored as zero (q >= 1). The
+// block's scale is taken over the new values, so the largest one is stored exactly.
 //
 // Rounding (StateRounding):
 //   nearest_even  bit-identical to the CPU backends' and the CUDA backend's float -> bf16
@@ -24,7 +38,9 @@
 // it and moves it to the host unchanged. Checkpoints store a bf16 item as 16-bit elements
 // (core/checkpoint.hpp), and load() converts between formats only when asked
 // (Optimizer::LoadOptions::convert_state_formats).
+#include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -40,10 +56,13 @@ namespace muon {
 enum class StateFormat : std::uint8_t {
   full,  // value_type (float or double)
   bf16,  // bfloat16: 8 significant bits, float's range
+  q8,    // 8-bit block-wise quantized (AdamW and Lion moments only)
 };
 enum class StateRounding : std::uint8_t { nearest_even, stochastic };
 
-[[nodiscard]] constexpr const char* to_string(StateFormat f) { return f == StateFormat::bf16 ? "bf16" : "full"; }
+[[nodiscard]] constexpr const char* to_string(StateFormat f) {
+  return f == StateFormat::bf16 ? "bf16" : (f == StateFormat::q8 ? "q8" : "full");
+}
 [[nodiscard]] constexpr const char* to_string(StateRounding r) {
   return r == StateRounding::stochastic ? "stochastic" : "nearest_even";
 }
@@ -52,6 +71,7 @@ enum class StateRounding : std::uint8_t { nearest_even, stochastic };
 struct StateStorage {
   StateFormat format = StateFormat::full;
   StateRounding rounding = StateRounding::nearest_even;
+  std::size_t block = 256;  // q8: values per block (one scale each), 16 .. 65536
 };
 
 namespace detail {
@@ -94,6 +114,43 @@ MUON_HOST_DEVICE std::uint16_t encode_state_bf16(V v, bool stochastic, std::uint
   return static_cast<std::uint16_t>(((x >> 16) & 0x8000u) | kept);
 }
 
+// ---- The q8 code (closed form on host and device) ----
+// Index of the code for y = 127 sqrt(|x| / scale) (signed) or 255 (v / scale)^(1/4): y
+// rounded to nearest, or up with probability frac(y) (stochastic).
+MUON_HOST_DEVICE inline double q8_round(double y, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  const double f = std::floor(y);
+  if (!stochastic) return y - f >= 0.5 ? f + 1 : f;
+  const double u = static_cast<double>(mix64(stream ^ mix64(k)) >> 11) * 0x1p-53;  // [0, 1)
+  return y - f > u ? f + 1 : f;
+}
+template <class T>
+MUON_HOST_DEVICE T q8_decode_signed(std::int8_t q, T scale) {
+  const T r = static_cast<T>(q) / T(127);
+  return scale * (q < 0 ? -r * r : r * r);
+}
+template <class T>
+MUON_HOST_DEVICE std::int8_t q8_encode_signed(T x, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  if (!(scale > T(0))) return 0;
+  double r = static_cast<double>(x < T(0) ? -x : x) / static_cast<double>(scale);
+  r = r > 1.0 ? 1.0 : r;
+  const double y = q8_round(127.0 * std::sqrt(r), stochastic, stream, k);
+  const auto q = static_cast<std::int8_t>(y > 127.0 ? 127.0 : y);
+  return x < T(0) ? static_cast<std::int8_t>(-q) : q;
+}
+template <class T>
+MUON_HOST_DEVICE T q8_decode_unsigned(std::uint8_t q, T scale) {
+  const T r = static_cast<T>(q) / T(255);
+  return scale * (r * r) * (r * r);
+}
+template <class T>
+MUON_HOST_DEVICE std::uint8_t q8_encode_unsigned(T v, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  if (!(scale > T(0)) || !(v > T(0))) return 0;
+  double r = static_cast<double>(v) / static_cast<double>(scale);
+  r = r > 1.0 ? 1.0 : r;
+  const double y = q8_round(255.0 * std::sqrt(std::sqrt(r)), stochastic, stream, k);
+  return static_cast<std::uint8_t>(y < 1.0 ? 1.0 : (y > 255.0 ? 255.0 : y));  // nonzero v stays nonzero
+}
+
 }  // namespace detail
 
 template <class B>
@@ -104,10 +161,23 @@ class StateBuffer {
   static constexpr std::size_t k_packed = sizeof(value_type) / sizeof(std::uint16_t);
 
   StateBuffer() = default;
-  StateBuffer(B& b, std::size_t count, StateFormat format)
-      : storage_(b.template allocate<value_type>(format == StateFormat::bf16 ? (count + k_packed - 1) / k_packed : count)),
+  // `non_negative`: the item never holds negative values (AdamW's exp_avg_sq); in q8 it then
+  // takes the unsigned code.
+  StateBuffer(B& b, std::size_t count, const StateStorage& storage, bool non_negative = false)
+      : storage_(b.template allocate<value_type>(storage_elements(count, storage))),
         count_(count),
-        format_(format) {}
+        format_(storage.format),
+        block_(storage.format == StateFormat::q8 ? storage.block : 0),
+        non_negative_(non_negative) {}
+
+  // value_type elements that hold `count` values in `storage`'s format.
+  [[nodiscard]] static std::size_t storage_elements(std::size_t count, const StateStorage& storage) {
+    switch (storage.format) {
+      case StateFormat::bf16: return (count + k_packed - 1) / k_packed;
+      case StateFormat::q8: return code_elements(count) + (count + storage.block - 1) / storage.block;
+      default: return count;
+    }
+  }
 
   // The storage: the values (full), or the packed bf16 bits (bf16; see bits()).
   [[nodiscard]] value_type* data() { return storage_.data(); }
@@ -118,33 +188,74 @@ class StateBuffer {
   [[nodiscard]] StateFormat format() const { return format_; }
   // The bf16 values (format() == bf16), in backend memory.
   [[nodiscard]] std::uint16_t* bits() { return reinterpret_cast<std::uint16_t*>(storage_.data()); }
+  // q8: the codes (count() bytes), then one value_type scale per block.
+  [[nodiscard]] std::uint8_t* codes() { return reinterpret_cast<std::uint8_t*>(storage_.data()); }
+  [[nodiscard]] value_type* scales() { return storage_.data() + code_elements(count_); }
+  [[nodiscard]] std::size_t block() const { return block_; }
+  [[nodiscard]] std::size_t blocks() const { return block_ ? (count_ + block_ - 1) / block_ : 0; }
+  [[nodiscard]] bool non_negative() const { return non_negative_; }
 
  private:
+  static std::size_t code_elements(std::size_t count) { return (count + sizeof(value_type) - 1) / sizeof(value_type); }
+
   typename B::template Buffer<value_type> storage_{};
   std::size_t count_ = 0;
   StateFormat format_ = StateFormat::full;
+  std::size_t block_ = 0;
+  bool non_negative_ = false;
 };
 
 namespace detail {
+// Host side of q8 (checkpoint conversions, snapshots): the values of n codes with their
+// block scales, and the codes and scales of n values (nearest rounding, scale = block absmax).
+template <class T>
+void q8_decode_host(const std::uint8_t* codes, const T* scales, std::size_t n, std::size_t block, bool non_negative, T* out) {
+  for (std::size_t i = 0; i < n; ++i)
+    out[i] = non_negative ? q8_decode_unsigned<T>(codes[i], scales[i / block])
+                          : q8_decode_signed<T>(static_cast<std::int8_t>(codes[i]), scales[i / block]);
+}
+template <class T>
+void q8_encode_host(const T* values, std::size_t n, std::size_t block, bool non_negative, std::uint8_t* codes, T* scales) {
+  for (std::size_t lo = 0; lo < n; lo += block) {
+    const std::size_t hi = lo + block < n ? lo + block : n;
+    T amax = T(0);
+    for (std::size_t i = lo; i < hi; ++i) amax = std::max(amax, values[i] < T(0) ? -values[i] : values[i]);
+    scales[lo / block] = amax;
+    for (std::size_t i = lo; i < hi; ++i)
+      codes[i] = non_negative ? q8_encode_unsigned<T>(values[i], amax, false, 0, 0)
+                              : static_cast<std::uint8_t>(q8_encode_signed<T>(values[i], amax, false, 0, 0));
+  }
+}
+
 template <class X>
 inline constexpr bool is_state_buffer_v = false;
 template <class B>
 inline constexpr bool is_state_buffer_v<StateBuffer<B>> = true;
 
-// Refuses a StateStorage whose enums hold no named value (a cast from an integer).
-inline void require_state_storage(std::string_view who, std::string_view option, const StateStorage& s) {
-  if (s.format != StateFormat::full && s.format != StateFormat::bf16)
-    fail(std::string(who) + ": option '" + std::string(option) + ".format' must be StateFormat::full or StateFormat::bf16, got " +
+// Refuses a StateStorage whose enums hold no named value (a cast from an integer), a q8 block
+// out of range, and q8 where the item cannot take it.
+inline void require_state_storage(std::string_view who, std::string_view option, const StateStorage& s,
+                                  bool allow_q8) {
+  if (s.format == StateFormat::q8 && !allow_q8)
+    fail(std::string(who) + ": option '" + std::string(option) +
+         ".format' cannot be StateFormat::q8 (8-bit block-wise state is for the fallbacks' moments: AdamW, Lion); use full or bf16");
+  if (s.format != StateFormat::full && s.format != StateFormat::bf16 && s.format != StateFormat::q8)
+    fail(std::string(who) + ": option '" + std::string(option) +
+         ".format' must be StateFormat::full, StateFormat::bf16 or StateFormat::q8, got " +
          std::to_string(static_cast<int>(s.format)));
+  if (s.block < 16 || s.block > 65536)
+    fail(std::string(who) + ": option '" + std::string(option) + ".block' must be in [16, 65536], got " +
+         std::to_string(s.block));
   if (s.rounding != StateRounding::nearest_even && s.rounding != StateRounding::stochastic)
     fail(std::string(who) + ": option '" + std::string(option) +
          ".rounding' must be StateRounding::nearest_even or StateRounding::stochastic, got " +
          std::to_string(static_cast<int>(s.rounding)));
 }
 
-// Bytes per value of a state item stored in `format` with value_type of `value_bytes`.
+// Bytes per value of a state item stored in `format` with value_type of `value_bytes` (q8:
+// the codes; the scales are a separate "#absmax" item in checkpoints).
 [[nodiscard]] constexpr std::size_t state_element_bytes(StateFormat format, std::size_t value_bytes) {
-  return format == StateFormat::bf16 ? 2 : value_bytes;
+  return format == StateFormat::bf16 ? 2 : (format == StateFormat::q8 ? 1 : value_bytes);
 }
 }  // namespace detail
 

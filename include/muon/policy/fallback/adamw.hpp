@@ -54,7 +54,7 @@ class AdamW {
     detail::require_unit_interval("AdamW", "beta2", options_.beta2);
     detail::require_positive("AdamW", "eps", options_.eps);
     detail::require_non_negative("AdamW", "weight_decay", options_.weight_decay);
-    detail::require_state_storage("AdamW", "state", options_.state);
+    detail::require_state_storage("AdamW", "state", options_.state, true);
   }
 
   [[nodiscard]] const Options& options() const { return options_; }
@@ -70,7 +70,7 @@ class AdamW {
   template <class B>
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
     const auto n = static_cast<std::size_t>(info.shape.numel());
-    return {StateBuffer<B>(b, n, options_.state.format), StateBuffer<B>(b, n, options_.state.format), 0, info.name};
+    return {StateBuffer<B>(b, n, options_.state), StateBuffer<B>(b, n, options_.state, true), 0, info.name};
   }
 
   template <class B>
@@ -89,6 +89,20 @@ class AdamW {
     const T beta2 = static_cast<T>(options_.beta2);
     const Update<T> update{fn::saturate_cast<T>(1.0 - rates.lr * rates.weight_decay), fn::saturate_cast<T>(rates.lr / bias1),
                            static_cast<T>(std::sqrt(bias2)), static_cast<T>(options_.eps)};
+    if (s.exp_avg.format() == StateFormat::q8) {  // one call: a block per index (scales as the output)
+      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
+      const backend::MatrixView<T> scales{s.exp_avg.scales(), 1, 1, static_cast<index_t>(s.exp_avg.blocks())};
+      b.transform_indexed(scales,
+                          UpdateQ8<T>{w.data, g.data, reinterpret_cast<std::int8_t*>(s.exp_avg.codes()), s.exp_avg_sq.codes(),
+                                      s.exp_avg_sq.scales(), w.size(), static_cast<index_t>(s.exp_avg.block()),
+                                      static_cast<T>(1.0 - options_.beta1),
+                                      EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, update, stochastic,
+                                      stochastic ? detail::rounding_stream(s.name, "exp_avg", t) : 0,
+                                      stochastic ? detail::rounding_stream(s.name, "exp_avg_sq", t) : 0},
+                          backend::MatrixView<const T>(scales));
+      s.step = t;
+      return;
+    }
     if (s.exp_avg.format() == StateFormat::bf16) {
       const bool stochastic = options_.state.rounding == StateRounding::stochastic;
       b.transform_indexed(w.flat(),
@@ -131,6 +145,45 @@ class AdamW {
     }
   };
 
+  // Both moments in q8, one block per call (the index is the block, the value its old exp_avg
+  // scale, the result its new one): the first loop finds the new moments' block maxima, the
+  // second recomputes them (from the codes not yet overwritten), stores their codes and applies
+  // the update with the stored values.
+  template <class T>
+  struct UpdateQ8 {
+    T* p;
+    const T* g;
+    std::int8_t* m;
+    std::uint8_t* v;
+    T* v_scales;
+    index_t n, block;
+    T one_minus_beta1;
+    EmaSquare<T> ema_square;
+    Update<T> update;
+    bool stochastic;
+    std::uint64_t stream_m, stream_v;
+    MUON_HOST_DEVICE T operator()(index_t s, T m_scale) const {
+      const index_t lo = s * block, hi = lo + block < n ? lo + block : n;
+      const T v_scale = v_scales[s];
+      T m_max = T(0), v_max = T(0);
+      for (index_t i = lo; i < hi; ++i) {
+        const T mi = fn::Lerp<T>{one_minus_beta1}(detail::q8_decode_signed(m[i], m_scale), g[i]);
+        const T vi = ema_square(detail::q8_decode_unsigned(v[i], v_scale), g[i]);
+        m_max = (mi < T(0) ? -mi : mi) > m_max ? (mi < T(0) ? -mi : mi) : m_max;
+        v_max = vi > v_max ? vi : v_max;
+      }
+      for (index_t i = lo; i < hi; ++i) {
+        const T mi = fn::Lerp<T>{one_minus_beta1}(detail::q8_decode_signed(m[i], m_scale), g[i]);
+        const T vi = ema_square(detail::q8_decode_unsigned(v[i], v_scale), g[i]);
+        const auto k = static_cast<std::uint64_t>(i);
+        m[i] = detail::q8_encode_signed(mi, m_max, stochastic, stream_m, k);
+        v[i] = detail::q8_encode_unsigned(vi, v_max, stochastic, stream_v, k);
+        p[i] = update(p[i], detail::q8_decode_signed(m[i], m_max), detail::q8_decode_unsigned(v[i], v_max));
+      }
+      v_scales[s] = v_max;
+      return m_max;
+    }
+  };
   // Both moments in bf16: read, update in T, store rounded, apply with the stored values.
   template <class T>
   struct UpdateBf16 {

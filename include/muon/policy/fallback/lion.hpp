@@ -49,7 +49,7 @@ class Lion {
     detail::require_unit_interval("Lion", "beta1", options_.beta1);
     detail::require_unit_interval("Lion", "beta2", options_.beta2);
     detail::require_non_negative("Lion", "weight_decay", options_.weight_decay);
-    detail::require_state_storage("Lion", "state", options_.state);
+    detail::require_state_storage("Lion", "state", options_.state, true);
   }
 
   [[nodiscard]] const Options& options() const { return options_; }
@@ -61,7 +61,7 @@ class Lion {
 
   template <class B>
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
-    return {StateBuffer<B>(b, static_cast<std::size_t>(info.shape.numel()), options_.state.format), 0, info.name};
+    return {StateBuffer<B>(b, static_cast<std::size_t>(info.shape.numel()), options_.state), 0, info.name};
   }
 
   template <class B>
@@ -79,6 +79,17 @@ class Lion {
     const Ema<T> ema{static_cast<T>(options_.beta2), static_cast<T>(1.0 - options_.beta2)};
     const auto wf = w.flat();
     const auto gf = g.flat();
+    if (s.exp_avg.format() == StateFormat::q8) {  // one call: a block per index (scales as the output)
+      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
+      const backend::MatrixView<T> scales{s.exp_avg.scales(), 1, 1, static_cast<index_t>(s.exp_avg.blocks())};
+      b.transform_indexed(scales,
+                          UpdateQ8<T>{w.data, g.data, reinterpret_cast<std::int8_t*>(s.exp_avg.codes()), w.size(),
+                                      static_cast<index_t>(s.exp_avg.block()), update, ema, stochastic,
+                                      stochastic ? detail::rounding_stream(s.name, "exp_avg", s.step + 1) : 0},
+                          backend::MatrixView<const T>(scales));
+      s.step += 1;
+      return;
+    }
     if (s.exp_avg.format() == StateFormat::bf16) {
       const bool stochastic = options_.state.rounding == StateRounding::stochastic;
       b.transform_indexed(wf,
@@ -125,6 +136,34 @@ class Lion {
     MUON_HOST_DEVICE T operator()(T m, T g) const { return beta * m + one_minus_beta * g; }
   };
 
+  // The momentum in q8, one block per call (index: the block; value: its old scale; result: the
+  // new one). The parameter moves with the stored momentum from before this step; the new
+  // momentum's block maximum is found first, then its codes are stored.
+  template <class T>
+  struct UpdateQ8 {
+    T* p;
+    const T* g;
+    std::int8_t* m;
+    index_t n, block;
+    Update<T> update;
+    Ema<T> ema;
+    bool stochastic;
+    std::uint64_t stream;
+    MUON_HOST_DEVICE T operator()(index_t s, T scale) const {
+      const index_t lo = s * block, hi = lo + block < n ? lo + block : n;
+      T next_max = T(0);
+      for (index_t i = lo; i < hi; ++i) {
+        const T mi = ema(detail::q8_decode_signed(m[i], scale), g[i]);
+        next_max = (mi < T(0) ? -mi : mi) > next_max ? (mi < T(0) ? -mi : mi) : next_max;
+      }
+      for (index_t i = lo; i < hi; ++i) {
+        const T old = detail::q8_decode_signed(m[i], scale);
+        p[i] = update(p[i], old, g[i]);
+        m[i] = detail::q8_encode_signed(ema(old, g[i]), next_max, stochastic, stream, static_cast<std::uint64_t>(i));
+      }
+      return next_max;
+    }
+  };
   // The momentum in bf16: the parameter moves with the stored momentum from before this step,
   // then the new momentum is stored rounded (both in one pass).
   template <class T>

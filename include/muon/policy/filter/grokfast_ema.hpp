@@ -49,14 +49,14 @@ class GrokfastEMA {
   explicit GrokfastEMA(const Options& options) : options_(options) {
     detail::require_unit_interval("GrokfastEMA", "alpha", options_.alpha);
     detail::require_finite("GrokfastEMA", "lamb", options_.lamb);
-    detail::require_state_storage("GrokfastEMA", "state", options_.state);
+    detail::require_state_storage("GrokfastEMA", "state", options_.state, false);
   }
 
   [[nodiscard]] const Options& options() const { return options_; }
 
   template <class B>
   [[nodiscard]] State<B> make_state(B& b, const ParamInfo& info) {
-    return {StateBuffer<B>(b, static_cast<std::size_t>(info.shape.numel()), options_.state.format), 0, info.name};
+    return {StateBuffer<B>(b, static_cast<std::size_t>(info.shape.numel()), options_.state), 0, info.name};
   }
 
   [[nodiscard]] WorkspaceNeed plan(const ParamInfo& info) const {
