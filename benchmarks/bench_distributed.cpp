@@ -5,14 +5,16 @@
 //   mpirun -np N bench_distributed [--layers L] [--steps S] [--mode reduce|averaged]
 //     --layers  transformer blocks (default 12 = GPT-2 small; fewer for a quicker timing run)
 //     --steps   timed steps after one warm-up step (default 3; 0 = memory only, no step)
+//     --blocking 1  blocking MPI collectives (MpiCommunicator::Options::blocking)
 //
 // Every rank holds the whole model (parameters and gradients, as a data-parallel trainer does);
 // what is sharded is the optimizer's state and its work. Rank 0 also times the plain
-// single-process Muon on the same model (one rank's worth of work: the baseline every rank would
-// repeat without sharding). Threads: 1 per rank (the ranks share the machine's cores; with more
+// single-process Muon on the same model first (the work every rank would repeat without
+// sharding), while the other ranks sleep. Threads: 1 per rank (the ranks share the machine's cores; with more
 // ranks than cores, the measured times show oversubscription, not scaling).
 #include <muon/distributed/mpi.hpp>  // first: it asks for MPI's C API only
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -80,11 +82,13 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int layers = 12, steps = 3;
+  bool blocking = false;
   auto mode = muon::distributed::GradientMode::reduce;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--layers") layers = std::atoi(v.c_str());
     if (a == "--steps") steps = std::atoi(v.c_str());
+    if (a == "--blocking") blocking = v == "1";
     if (a == "--mode") mode = v == "averaged" ? muon::distributed::GradientMode::averaged : muon::distributed::GradientMode::reduce;
   }
   const auto spec = gpt2(layers);
@@ -98,36 +102,13 @@ int main(int argc, char** argv) {
   }
   const Opt::Options options{.lr = 0.02, .weight_decay = 0.01, .threads = 1, .fallback = {.lr = 3e-4}};
 
-  Sharded opt(muon::distributed::MpiCommunicator(MPI_COMM_WORLD), options, {.gradients = mode});
-  for (std::size_t i = 0; i < spec.size(); ++i)
-    opt.add(spec[i].name, muon::raw(w[i].data(), spec[i].shape), muon::raw(g[i].data(), spec[i].shape), spec[i].options);
-  opt.finalize();
-  for (std::size_t i = 0; i < spec.size(); ++i)
-    (opt.path(i) == muon::Path::matrix ? matrix_elements : fallback_elements) += static_cast<double>(w[i].size());
-
-  // Timed steps (the slowest rank's time is the step's).
-  std::vector<double> times;
-  for (int s = 0; s <= steps && steps > 0; ++s) {
-    MPI_Barrier(MPI_COMM_WORLD);
-    const auto t0 = std::chrono::steady_clock::now();
-    opt.step();
-    double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    if (s > 0) times.push_back(t);
-  }
   auto median = [](std::vector<double> v) {
     if (v.empty()) return 0.0;
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  const auto mem = opt.memory_report();
-  double mine[6] = {static_cast<double>(mem.state_bytes()), static_cast<double>(mem.inner.matrix_state_bytes),
-                    static_cast<double>(mem.inner.fallback_state_bytes), static_cast<double>(mem.staging_bytes),
-                    static_cast<double>(mem.inner.workspace_bytes), peak_rss_mib()};
-  std::vector<double> all(6 * static_cast<std::size_t>(size));
-  MPI_Gather(mine, 6, MPI_DOUBLE, all.data(), 6, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-
-  // The single-process baseline, on rank 0 only, after the sharded run (its own buffers).
+  // The single-process baseline first, on rank 0 only (its own copies of the buffers); the other
+  // ranks wait in a polled, sleeping barrier, so that no busy-waiting rank takes its cores.
   double single_time = 0, single_state = 0;
   if (rank == 0) {
     std::vector<std::vector<float>> w1 = w, g1 = g;
@@ -144,6 +125,45 @@ int main(int argc, char** argv) {
     const auto m = plain.memory_report();
     single_state = static_cast<double>(m.matrix_state_bytes + m.fallback_state_bytes + m.filter_state_bytes + m.master_weight_bytes);
   }
+
+  {
+    MPI_Request barrier;
+    MPI_Ibarrier(MPI_COMM_WORLD, &barrier);
+    for (int done = 0; !done;) {
+      MPI_Test(&barrier, &done, MPI_STATUS_IGNORE);
+      if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
+  Sharded opt(muon::distributed::MpiCommunicator(MPI_COMM_WORLD, {.blocking = blocking}), options, {.gradients = mode});
+  for (std::size_t i = 0; i < spec.size(); ++i)
+    opt.add(spec[i].name, muon::raw(w[i].data(), spec[i].shape), muon::raw(g[i].data(), spec[i].shape), spec[i].options);
+  opt.finalize();
+  for (std::size_t i = 0; i < spec.size(); ++i)
+    (opt.path(i) == muon::Path::matrix ? matrix_elements : fallback_elements) += static_cast<double>(w[i].size());
+
+  // Timed steps (the slowest rank's time is the step's).
+  std::vector<double> times;
+  for (int s = 0; s <= steps && steps > 0; ++s) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto t0 = std::chrono::steady_clock::now();
+    opt.step();
+    double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (s > 0) times.push_back(t);
+    const auto& p = opt.last_step_times();
+    double phases[4] = {p.stage, p.decide, p.inner, p.distribute};
+    MPI_Allreduce(MPI_IN_PLACE, phases, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (rank == 0 && s > 0)
+      std::printf("step %d: %.3f s (slowest rank per phase: stage %.3f, decide %.3f, inner %.3f, distribute %.3f)\n", s, t,
+                  phases[0], phases[1], phases[2], phases[3]);
+  }
+  const auto mem = opt.memory_report();
+  double mine[6] = {static_cast<double>(mem.state_bytes()), static_cast<double>(mem.inner.matrix_state_bytes),
+                    static_cast<double>(mem.inner.fallback_state_bytes), static_cast<double>(mem.staging_bytes),
+                    static_cast<double>(mem.inner.workspace_bytes), peak_rss_mib()};
+  std::vector<double> all(6 * static_cast<std::size_t>(size));
+  MPI_Gather(mine, 6, MPI_DOUBLE, all.data(), 6, MPI_DOUBLE, 0, MPI_COMM_WORLD);
 
   if (rank == 0) {
     std::printf("GPT-2 small parameter set, %d layers: %.1fM matrix-path + %.1fM fallback-path elements (fp32), mode %s\n",

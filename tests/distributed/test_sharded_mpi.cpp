@@ -1,5 +1,5 @@
 // Sharded<Opt, MpiCommunicator> against a single-process Opt on the same data, under mpirun.
-//   muon_mpi_tests <scenario>      scenarios: muon, averaged, clip, stiefel, stack, nan, checkpoint
+//   muon_mpi_tests <scenario>      scenarios: muon, averaged, blocking, clip, stiefel, stack, nan, checkpoint
 // Every rank also runs the single-process optimizer (the reference) on the average of every
 // rank's gradient: each rank's local gradient is a function of (rank, step, tensor, element), so
 // every rank can compute them all without communication. Gradients and parameters are small
@@ -32,6 +32,9 @@ using muon::distributed::Sharded;
 
 int g_rank = 0, g_size = 1;
 int g_failures = 0;
+bool g_blocking = false;  // scenario "blocking": MpiCommunicator with blocking collectives
+
+MpiCommunicator world() { return MpiCommunicator(MPI_COMM_WORLD, {.blocking = g_blocking}); }
 
 void check(bool ok, const std::string& what) {
   if (ok) return;
@@ -142,7 +145,7 @@ void run_against_reference(const std::string& what, std::vector<Tensor> spec, ty
                            const std::function<void(int, Sharded<Opt, MpiCommunicator>&, Opt&)>& before_step = {}) {
   using T = typename Opt::value_type;
   Model<T> ms(spec), mr(spec);
-  Sharded<Opt, MpiCommunicator> sharded(MpiCommunicator(MPI_COMM_WORLD), options, {.gradients = mode});
+  Sharded<Opt, MpiCommunicator> sharded(world(), options, {.gradients = mode});
   Opt ref(options);
   ms.register_with(sharded);
   mr.register_with(ref);
@@ -243,7 +246,7 @@ void scenario_nan() {
     const auto spec = muon_model();
     Model<float> ms(spec), mr(spec);
     Opt::Options o{.lr = 0.02, .non_finite = policy, .threads = 1};
-    Sharded<Opt, MpiCommunicator> sharded(MpiCommunicator(MPI_COMM_WORLD), o);
+    Sharded<Opt, MpiCommunicator> sharded(world(), o);
     Opt ref(o);
     ms.register_with(sharded);
     mr.register_with(ref);
@@ -423,7 +426,11 @@ int main(int argc, char** argv) {
   try {
     if (scenario == "muon")
       scenario_muon(GradientMode::reduce);
-    else if (scenario == "averaged")
+    else if (scenario == "blocking") {
+      g_blocking = true;
+      scenario_muon(GradientMode::reduce);
+      scenario_nan();
+    } else if (scenario == "averaged")
       scenario_muon(GradientMode::averaged);
     else if (scenario == "clip")
       scenario_clip();

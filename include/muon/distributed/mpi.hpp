@@ -47,8 +47,17 @@ namespace muon::distributed {
 
 class MpiCommunicator {
  public:
+  struct Options {
+    // false: MPI-3 non-blocking collectives, completed together by wait() (the default; lets a
+    // library overlap them). true: each call is the blocking collective (MPI_Reduce, ...), for
+    // MPI libraries whose non-blocking collectives are slower (Open MPI's libnbc on shared
+    // memory is: see docs/distributed.md) or lack them.
+    bool blocking = false;
+  };
+
   // Duplicates `comm` (MPI must be initialised). Throws muon::Error when MPI is not.
-  explicit MpiCommunicator(MPI_Comm comm = MPI_COMM_WORLD) {
+  explicit MpiCommunicator(MPI_Comm comm = MPI_COMM_WORLD) : MpiCommunicator(comm, Options{}) {}
+  MpiCommunicator(MPI_Comm comm, Options options) : options_(options) {
     int initialised = 0;
     MPI_Initialized(&initialised);
     if (!initialised) detail::fail("MpiCommunicator: MPI is not initialised (call MPI_Init first)");
@@ -60,11 +69,12 @@ class MpiCommunicator {
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;
   MpiCommunicator(MpiCommunicator&& o) noexcept
-      : comm_(std::exchange(o.comm_, MPI_COMM_NULL)), rank_(o.rank_), size_(o.size_), requests_(std::move(o.requests_)),
+      : options_(o.options_), comm_(std::exchange(o.comm_, MPI_COMM_NULL)), rank_(o.rank_), size_(o.size_), requests_(std::move(o.requests_)),
         counts_(std::move(o.counts_)) {}
   MpiCommunicator& operator=(MpiCommunicator&& o) noexcept {
     if (this != &o) {
       release();
+      options_ = o.options_;
       comm_ = std::exchange(o.comm_, MPI_COMM_NULL);
       rank_ = o.rank_;
       size_ = o.size_;
@@ -82,16 +92,25 @@ class MpiCommunicator {
   template <class T>
   void reduce_sum(const T* send, T* recv, std::size_t n, int root) {
     const void* s = (rank_ == root && send == recv) ? MPI_IN_PLACE : static_cast<const void*>(send);
-    check(MPI_Ireduce(s, recv, count(n), type<T>(), MPI_SUM, root, comm_, &next()), "MPI_Ireduce");
+    if (options_.blocking)
+      check(MPI_Reduce(s, recv, count(n), type<T>(), MPI_SUM, root, comm_), "MPI_Reduce");
+    else
+      check(MPI_Ireduce(s, recv, count(n), type<T>(), MPI_SUM, root, comm_, &next()), "MPI_Ireduce");
   }
   template <class T>
   void reduce_scatter_sum(const T* send, T* recv, std::span<const std::size_t> counts) {
     std::vector<int>& c = keep(counts);
-    check(MPI_Ireduce_scatter(send, recv, c.data(), type<T>(), MPI_SUM, comm_, &next()), "MPI_Ireduce_scatter");
+    if (options_.blocking)
+      check(MPI_Reduce_scatter(send, recv, c.data(), type<T>(), MPI_SUM, comm_), "MPI_Reduce_scatter");
+    else
+      check(MPI_Ireduce_scatter(send, recv, c.data(), type<T>(), MPI_SUM, comm_, &next()), "MPI_Ireduce_scatter");
   }
   template <class T>
   void broadcast(T* buf, std::size_t n, int root) {
-    check(MPI_Ibcast(buf, count(n), type<T>(), root, comm_, &next()), "MPI_Ibcast");
+    if (options_.blocking)
+      check(MPI_Bcast(buf, count(n), type<T>(), root, comm_), "MPI_Bcast");
+    else
+      check(MPI_Ibcast(buf, count(n), type<T>(), root, comm_, &next()), "MPI_Ibcast");
   }
   template <class T>
   void all_gather(T* buf, std::span<const std::size_t> counts) {
@@ -103,8 +122,12 @@ class MpiCommunicator {
       displs[r] = static_cast<int>(at);
       at += c[r];
     }
-    check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c.data(), displs.data(), type<T>(), comm_, &next()),
-          "MPI_Iallgatherv");
+    if (options_.blocking)
+      check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c.data(), displs.data(), type<T>(), comm_),
+            "MPI_Allgatherv");
+    else
+      check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c.data(), displs.data(), type<T>(), comm_, &next()),
+            "MPI_Iallgatherv");
   }
   void wait() {
     if (!requests_.empty()) {
@@ -167,6 +190,7 @@ class MpiCommunicator {
     comm_ = MPI_COMM_NULL;
   }
 
+  Options options_{};
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   std::vector<MPI_Request> requests_;

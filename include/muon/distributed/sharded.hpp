@@ -50,6 +50,7 @@
 // load_merged: one file in the single-process checkpoint format (core/checkpoint.hpp), every
 // tensor whole under its name, which a run with any number of ranks, or a plain Opt, loads.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -86,6 +87,14 @@ enum class GradientMode {
 
 struct ShardOptions {
   GradientMode gradients = GradientMode::reduce;
+};
+
+// Where the last step's time went on this rank (wall clock, seconds): staging the gradients
+// (the reduction, or the copy), the non-finite decision, the inner step, and the distribution
+// of the parameters. A rank waiting for a slower one shows it in the collectives' phases.
+struct ShardStepTimes {
+  double stage = 0, decide = 0, inner = 0, distribute = 0;
+  [[nodiscard]] double total() const { return stage + decide + inner + distribute; }
 };
 
 // Who updates a tensor: its owner rank (matrix path) or each rank's element range (fallback).
@@ -177,8 +186,18 @@ class Sharded {
       return *tie;
     }
     const ParamId id = entries_.size();
-    entries_.push_back(detail::RegisteredTensor{std::move(c.info), {}, route.path, std::move(route.rule), options, p.data,
-                                                g.data, c.param_bytes, c.grad_bytes, p.layout, p.format, 0});
+    detail::RegisteredTensor e;  // by member: the record may grow fields that are not ours
+    e.info = std::move(c.info);
+    e.path = route.path;
+    e.rule = std::move(route.rule);
+    e.options = options;
+    e.param_data = p.data;
+    e.grad_data = g.data;
+    e.param_bytes = c.param_bytes;
+    e.grad_bytes = c.grad_bytes;
+    e.layout = p.layout;
+    e.format = p.format;
+    entries_.push_back(std::move(e));
     return id;
   }
 
@@ -211,7 +230,17 @@ class Sharded {
         detail::fail("Sharded::step: inv_scale must be finite and > 0, got " + detail::format_value(v));
     }
     auto& b = inner_->backend();
+    using clock = std::chrono::steady_clock;
+    auto t = clock::now();
+    auto lap = [&t](double& into) {
+      const auto now = clock::now();
+      into = std::chrono::duration<double>(now - t).count();
+      t = now;
+    };
+    times_ = {};
     stage_gradients(step_options.inv_scale);
+    b.synchronize();
+    lap(times_.stage);
 
     // 2. one decision for every rank.
     for (std::size_t k = 0; k < parts_.size(); ++k) b.count_non_finite(parts_[k].grad_view(), flags_.data() + k);
@@ -225,6 +254,7 @@ class Sharded {
       if (bad_[i] != 0) skipped_.push_back(i);
 
     const bool any_bad = !skipped_.empty();
+    lap(times_.decide);
     if (any_bad && options_.non_finite == NonFinitePolicy::throw_error)
       detail::fail_param(entries_[skipped_.front()].info.name,
                          "gradient has non-finite (NaN/Inf) values (after the reduction over ranks); nothing was updated");
@@ -239,7 +269,9 @@ class Sharded {
       if (any_bad) poison();
       inner_result = inner_->step();
       b.synchronize();  // the communicator may read the parameters on another stream
+      lap(times_.inner);
       distribute(/*only_good=*/true);
+      lap(times_.distribute);
     }
     ConstraintStats stats = inner_result.constraint;
     agree_stats(stats);
@@ -295,6 +327,8 @@ class Sharded {
     if (!inner_) detail::fail("Sharded::inner: the inner optimizer is built at the first step (or finalize())");
     return *inner_;
   }
+  // Where this rank's last step spent its time.
+  [[nodiscard]] const ShardStepTimes& last_step_times() const { return times_; }
   [[nodiscard]] std::uint64_t steps_taken() const { return inner_ ? inner_->steps_taken() : 0; }
   [[nodiscard]] RoutingReport routing_report() const {
     RoutingReport r;
@@ -863,6 +897,7 @@ class Sharded {
   std::vector<double> stats_;
   std::vector<ParamId> skipped_;
   std::map<std::string, ItemLayout> layout_;
+  ShardStepTimes times_{};
 };
 
 }  // namespace muon::distributed
