@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -118,8 +119,12 @@ int main(int argc, char** argv) {
     std::vector<double> t1;
     for (int s = 0; s <= steps && steps > 0; ++s) {
       const auto t0 = std::chrono::steady_clock::now();
+      const std::clock_t c0 = std::clock();
       plain.step();
-      if (s > 0) t1.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      if (s > 0) {
+        t1.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        std::printf("single-process step %d: %.3f s [cpu %.3f]\n", s, t1.back(), static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC);
+      }
     }
     single_time = median(t1);
     const auto m = plain.memory_report();
@@ -152,11 +157,11 @@ int main(int argc, char** argv) {
     MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (s > 0) times.push_back(t);
     const auto& p = opt.last_step_times();
-    double phases[4] = {p.stage, p.decide, p.inner, p.distribute};
-    MPI_Allreduce(MPI_IN_PLACE, phases, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double phases[5] = {p.stage, p.decide, p.inner, p.distribute, p.inner_cpu};
+    MPI_Allreduce(MPI_IN_PLACE, phases, 5, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (rank == 0 && s > 0)
-      std::printf("step %d: %.3f s (slowest rank per phase: stage %.3f, decide %.3f, inner %.3f, distribute %.3f)\n", s, t,
-                  phases[0], phases[1], phases[2], phases[3]);
+      std::printf("step %d: %.3f s (slowest rank per phase: stage %.3f, decide %.3f, inner %.3f [cpu %.3f], distribute %.3f)\n",
+                  s, t, phases[0], phases[1], phases[2], phases[4], phases[3]);
   }
   const auto mem = opt.memory_report();
   double mine[6] = {static_cast<double>(mem.state_bytes()), static_cast<double>(mem.inner.matrix_state_bytes),

@@ -52,6 +52,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -94,6 +95,7 @@ struct ShardOptions {
 // of the parameters. A rank waiting for a slower one shows it in the collectives' phases.
 struct ShardStepTimes {
   double stage = 0, decide = 0, inner = 0, distribute = 0;
+  double inner_cpu = 0;  // processor time of the inner step (std::clock: every thread of the process)
   [[nodiscard]] double total() const { return stage + decide + inner + distribute; }
 };
 
@@ -267,8 +269,10 @@ class Sharded {
       inner_result = inner_->skip();
     } else {
       if (any_bad) poison();
+      const std::clock_t cpu = std::clock();
       inner_result = inner_->step();
       b.synchronize();  // the communicator may read the parameters on another stream
+      times_.inner_cpu = static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC;
       lap(times_.inner);
       distribute(/*only_good=*/true);
       lap(times_.distribute);
