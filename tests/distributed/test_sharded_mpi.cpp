@@ -1,5 +1,5 @@
 // Sharded<Opt, MpiCommunicator> against a single-process Opt on the same data, under mpirun.
-//   muon_mpi_tests <scenario>      scenarios: muon, averaged, blocking, clip, stiefel, stack, nan, checkpoint
+//   muon_mpi_tests <scenario>      scenarios: single, muon, averaged, blocking, clip, stiefel, stack, nan, checkpoint
 // Every rank also runs the single-process optimizer (the reference) on the average of every
 // rank's gradient: each rank's local gradient is a function of (rank, step, tensor, element), so
 // every rank can compute them all without communication. Gradients and parameters are small
@@ -293,6 +293,86 @@ void scenario_nan() {
   }
 }
 
+// SingleProcess: Sharded on one process equals the plain optimizer; and what Sharded refuses,
+// naming the tensor (each rank on its own: no communication).
+void scenario_single() {
+  using Opt = muon::Muon<Eigen<float>>;
+  using Single = Sharded<Opt, muon::distributed::SingleProcess>;
+  const Opt::Options o{.lr = 0.02, .weight_decay = 0.01, .threads = 1, .fallback = {.lr = 3e-3}};
+  for (auto mode : {GradientMode::reduce, GradientMode::averaged}) {
+    const auto spec = muon_model();
+    Model<float> ms(spec), mr(spec);
+    Single sh({}, o, {.gradients = mode});
+    Opt ref(o);
+    ms.register_with(sh);
+    mr.register_with(ref);
+    for (int s = 1; s <= 3; ++s) {
+      ms.mean_gradients(3, s);
+      mr.mean_gradients(3, s);
+      sh.step();
+      ref.step();
+      compare(ms, mr, "SingleProcess step " + std::to_string(s), 0.0);
+    }
+    // A loss-scaled step: the inverse scale is applied while staging (the inner optimizer needs
+    // no loss_scaling); the reference steps on the unscaled gradients (exact: powers of two).
+    ms.mean_gradients(3, 4);
+    mr.mean_gradients(3, 4);
+    for (auto& g : ms.g)
+      for (auto& x : g) x *= 1024.0f;
+    for (auto& g : mr.g)
+      for (auto& x : g) x *= 1024.0f;
+    sh.step({.inv_scale = 1.0 / 1024.0});
+    for (auto& g : mr.g)
+      for (auto& x : g) x /= 1024.0f;
+    ref.step();
+    compare(ms, mr, "SingleProcess loss-scaled step", 0.0);
+  }
+  auto refused = [](const std::string& what, const std::string& needle, const std::function<void()>& f) {
+    std::string err;
+    try {
+      f();
+    } catch (const muon::Error& e) {
+      err = e.what();
+    }
+    check(err.find(needle) != std::string::npos, what + ": expected an error with '" + needle + "', got '" + err + "'");
+  };
+  std::vector<float> w(64, 0.1f), g(64, 0.01f), w2(64, 0.1f), g2(64, 0.01f);
+  std::vector<muon::bfloat16> wb(64), gb(64);
+  refused("add after the first step", "after the first step", [&] {
+    Single sh({}, o);
+    sh.add("a", muon::raw(w.data(), {8, 8}), muon::raw(g.data(), {8, 8}));
+    sh.step();
+    sh.add("b", muon::raw(w2.data(), {8, 8}), muon::raw(g2.data(), {8, 8}));
+  });
+  refused("16-bit parameters", "16-bit", [&] {
+    Single sh({}, o);
+    sh.add("bf16", muon::raw(wb.data(), {8, 8}), muon::raw(gb.data(), {8, 8}));
+  });
+  refused("quantized view on a fallback tensor", "fake_quant_bits", [&] {
+    Single sh({}, o);
+    sh.add("norm", muon::raw(w.data(), {64}), muon::raw(g.data(), {64}), {.role = muon::Role::norm, .fake_quant_bits = 8});
+  });
+  refused("the same name twice", "already registered", [&] {
+    Single sh({}, o);
+    sh.add("a", muon::raw(w.data(), {8, 8}), muon::raw(g.data(), {8, 8}));
+    sh.add("a", muon::raw(w2.data(), {8, 8}), muon::raw(g2.data(), {8, 8}));
+  });
+  refused("max logits for a tensor without QK-Clip", "takes no max logits", [&] {
+    Single sh({}, o);
+    sh.add("a", muon::raw(w.data(), {8, 8}), muon::raw(g.data(), {8, 8}));
+    const float logits[2] = {1, 2};
+    sh.set_max_logits("a", logits);
+  });
+  refused("a per-rank checkpoint of other registrations", "placement", [&] {
+    Single a({}, o), b({}, o);
+    a.add("a", muon::raw(w.data(), {8, 8}), muon::raw(g.data(), {8, 8}));
+    b.add("b", muon::raw(w2.data(), {8, 8}), muon::raw(g2.data(), {8, 8}));
+    std::stringstream ss;
+    a.save(ss);
+    b.load(ss);
+  });
+}
+
 // Checkpoints: per rank (same rank count) and merged (any rank count, and a plain optimizer).
 void scenario_checkpoint(const std::string& dir) {
   using Opt = muon::Muon<Eigen<float>>;
@@ -432,6 +512,8 @@ int main(int argc, char** argv) {
       scenario_nan();
     } else if (scenario == "averaged")
       scenario_muon(GradientMode::averaged);
+    else if (scenario == "single")
+      scenario_single();
     else if (scenario == "clip")
       scenario_clip();
     else if (scenario == "stiefel")
