@@ -1,5 +1,5 @@
 // Sharded<Opt, MpiCommunicator> against a single-process Opt on the same data, under mpirun.
-//   muon_mpi_tests <scenario>      scenarios: single, muon, averaged, blocking, clip, stiefel, stack, nan, checkpoint
+//   muon_mpi_tests <scenario>      scenarios: single, muon, grokfast, averaged, blocking, clip, stiefel, stack, nan, checkpoint
 // Every rank also runs the single-process optimizer (the reference) on the average of every
 // rank's gradient: each rank's local gradient is a function of (rank, step, tensor, element), so
 // every rank can compute them all without communication. Gradients and parameters are small
@@ -232,6 +232,9 @@ void scenario_stack() {
                               {"attn", {24, 24}}, {"norm", {16}, {.role = muon::Role::norm}}};
   run_against_reference<muon::Muon<Eigen<float>>>("Muon 3-D expert stack float", spec, {.lr = 0.02, .threads = 1},
                                                   GradientMode::reduce, 3, 0.0);
+  // HypersphereMuon: its RankRouter puts the router gate (and any embedding) on the matrix path.
+  run_against_reference<muon::HypersphereMuon<Eigen<float>>>("HypersphereMuon 3-D expert stack float", spec,
+                                                             {.lr = 0.02, .threads = 1}, GradientMode::reduce, 3, 0.0);
 }
 
 // A NaN / Inf on one rank: every rank takes the same decision, the one a single process takes
@@ -290,6 +293,53 @@ void scenario_nan() {
         check(skip_s.size() == 1 && sharded.tensors() > 3 && skip_s[0] == 3, what + ": step 2 should skip h0.up only");
       compare(ms, mr, what + " step " + std::to_string(s), 0.0);
     }
+  }
+}
+
+// A filter with per-element state in rows (Grokfast-MA's window: window x n values): the
+// sharded step equals the single process, and a merged checkpoint cut into slices row by row
+// resumes on 1 rank and on every rank.
+void scenario_grokfast(const std::string& dir) {
+  using Opt = muon::MuonGrokfastMA<Eigen<float>>;
+  Opt::Options o{.lr = 0.02, .threads = 1, .fallback = {.lr = 3e-3}};
+  o.filter.window = 3;
+  o.filter.lamb = 2.0;
+  const auto spec = muon_model();
+  Model<float> ms(spec), mr(spec);
+  Opt ref(o);
+  mr.register_with(ref);
+  const std::string file = dir + "/mpi_grokfast_" + std::to_string(g_size) + ".ckpt";
+  {
+    Sharded<Opt, MpiCommunicator> sh(world(), o);
+    ms.register_with(sh);
+    for (int s = 1; s <= 4; ++s) {
+      ms.local_gradients(g_rank, s);
+      mr.mean_gradients(g_size, s);
+      sh.step();
+      ref.step();
+      compare(ms, mr, "MuonGrokfastMA step " + std::to_string(s), 0.0);
+    }
+    std::ofstream os(file, std::ios::binary);
+    sh.save_merged(os);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  const auto after4 = mr.w;
+  for (int s = 5; s <= 6; ++s) {
+    mr.mean_gradients(g_size, s);
+    ref.step();
+  }
+  for (MPI_Comm comm : {MPI_COMM_SELF, MPI_COMM_WORLD}) {
+    Model<float> m2(spec);
+    m2.w = after4;  // the parameters are the trainer's (saved without them)
+    Sharded<Opt, MpiCommunicator> sh(MpiCommunicator(comm), o, {.gradients = GradientMode::averaged});
+    m2.register_with(sh);
+    std::ifstream is(file, std::ios::binary);
+    sh.load_merged(is);
+    for (int s = 5; s <= 6; ++s) {
+      m2.mean_gradients(g_size, s);
+      sh.step();
+    }
+    compare(m2, mr, std::string("MuonGrokfastMA merged checkpoint resumed on ") + (comm == MPI_COMM_SELF ? "1 rank" : "every rank"), 0.0);
   }
 }
 
@@ -512,6 +562,8 @@ int main(int argc, char** argv) {
       scenario_nan();
     } else if (scenario == "averaged")
       scenario_muon(GradientMode::averaged);
+    else if (scenario == "grokfast")
+      scenario_grokfast(dir);
     else if (scenario == "single")
       scenario_single();
     else if (scenario == "clip")
