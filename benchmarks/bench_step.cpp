@@ -29,6 +29,10 @@
 //         ns_GFLOPS      flops / step_s_median
 //         cpu_over_wall  process CPU time / wall time over the timed steps (~ busy cores)
 //         threads, matrices, fallback_tensors, layers
+//         state_MB, matrix_state_MB, fallback_state_MB   memory_report() after the step
+//   step/gpt2/fp32/state:<full|bf16|bf16_q8>/threads:<all>   the same step (fp32 products, every
+//       core) with the state in value_type, with bf16 momentum and bf16 AdamW moments, and with
+//       bf16 momentum and 8-bit block-wise AdamW moments (core/state_format.hpp)
 //       bf16 on a CPU without bf16 dot products: the optimizer refuses it (muon::Error) and the
 //       case is skipped with that message.
 //   gemm/f32/<op>/MxNxK   muon::backend::Eigen<float>::gemm alone, no thread pool set (one
@@ -188,13 +192,19 @@ MuonF::Options gpt2_options(muon::Precision precision, int threads) {
   return o;
 }
 
-void bm_step_gpt2(benchmark::State& st, muon::Precision precision, int threads) {
+// Optimizer state formats compared by step/gpt2/fp32/state:<label> (core/state_format.hpp).
+enum class StateSet { full, bf16, bf16_q8 };
+
+void bm_step_gpt2(benchmark::State& st, muon::Precision precision, int threads, StateSet state) {
   auto& model = gpt2_model();
   std::unique_ptr<MuonF> opt;
   double flops = 0;
   int matrices = 0, fallback_tensors = 0;
   try {
-    const MuonF::Options options = gpt2_options(precision, threads);
+    MuonF::Options options = gpt2_options(precision, threads);
+    if (state != StateSet::full) options.momentum_state.format = muon::StateFormat::bf16;
+    if (state == StateSet::bf16) options.fallback.state.format = muon::StateFormat::bf16;
+    if (state == StateSet::bf16_q8) options.fallback.state.format = muon::StateFormat::q8;
     const int steps = options.orthogonalizer.steps;
     opt = std::make_unique<MuonF>(options);
     for (auto& x : model) {
@@ -241,6 +251,10 @@ void bm_step_gpt2(benchmark::State& st, muon::Precision precision, int threads) 
   st.counters["matrices"] = matrices;
   st.counters["fallback_tensors"] = fallback_tensors;
   st.counters["layers"] = g_layers;
+  const muon::MemoryReport memory = opt->memory_report();
+  st.counters["state_MB"] = static_cast<double>(memory.state_bytes()) * 1e-6;
+  st.counters["matrix_state_MB"] = static_cast<double>(memory.matrix_state_bytes) * 1e-6;
+  st.counters["fallback_state_MB"] = static_cast<double>(memory.fallback_state_bytes) * 1e-6;
 }
 
 // ---- gemm/f32 ---------------------------------------------------------------------------------
@@ -333,10 +347,21 @@ void register_all_benchmarks() {
   for (const auto& [label, precision] : {std::pair{"fp32", muon::Precision::full}, std::pair{"bf16", muon::Precision::bf16}})
     for (int t : thread_counts)
       benchmark::RegisterBenchmark(("step/gpt2/" + std::string(label) + "/threads:" + std::to_string(t)).c_str(),
-                                   bm_step_gpt2, precision, t)
+                                   bm_step_gpt2, precision, t, StateSet::full)
           ->UseManualTime()
           ->Unit(benchmark::kSecond)
           ->Iterations(g_step_iterations);
+  // The state formats side by side (fp32 products, every core): full, bf16 momentum + bf16
+  // AdamW moments, bf16 momentum + 8-bit AdamW moments.
+  for (const auto& [label, state] : {std::pair{"full", StateSet::full}, std::pair{"bf16", StateSet::bf16},
+                                     std::pair{"bf16_q8", StateSet::bf16_q8}}) {
+    const int t = thread_counts.back();
+    benchmark::RegisterBenchmark(("step/gpt2/fp32/state:" + std::string(label) + "/threads:" + std::to_string(t)).c_str(),
+                                 bm_step_gpt2, muon::Precision::full, t, state)
+        ->UseManualTime()
+        ->Unit(benchmark::kSecond)
+        ->Iterations(g_step_iterations);
+  }
 }
 
 std::string cpuinfo_field(const std::string& field) {

@@ -495,3 +495,18 @@ TEST_CASE("q8 is refused where it does not apply, and bad blocks are refused", "
   b.fallback.state = {StateFormat::q8, StateRounding::nearest_even, 8};
   CHECK_THROWS_WITH(muon::Muon<B>(b), Catch::Contains("state.block") && Catch::Contains("[16, 65536]"));
 }
+
+TEST_CASE("the routing report shows each tensor's state format", "[state_format][report]") {
+  using B = muon::backend::Eigen<float>;
+  typename muon::Muon<B>::Options full, mixed;
+  mixed.momentum_state.format = StateFormat::bf16;
+  mixed.fallback.state = {StateFormat::q8, StateRounding::nearest_even, 64};
+  Model<B> a(full), b(mixed);
+  std::ostringstream ra, rb;
+  ra << a.opt.routing_report();
+  rb << b.opt.routing_report();
+  CHECK(ra.str().find("[state:") == std::string::npos);
+  CHECK(rb.str().find("[state: momentum bf16]") != std::string::npos);
+  CHECK(rb.str().find("[state: fallback/exp_avg q8/64, fallback/exp_avg_sq q8/64]") != std::string::npos);
+  CHECK(b.opt.routing_report().entries[0].state == "momentum bf16");
+}

@@ -20,10 +20,18 @@
 // Every run starts from the same initial weights and sees the same minibatches in the same
 // order, so the only difference is the switches.
 //
+// With --state-formats it runs another table instead: the full composition (every switch on)
+// with its optimizer state kept in each format of core/state_format.hpp (Muon's momentum,
+// Grokfast's average, AdamW's moments: full precision; bf16 nearest even; bf16 stochastic; bf16
+// with 8-bit block-wise AdamW moments), over --seeds seeds (initial weights and minibatch order),
+// and prints the final train loss and test accuracy (mean and spread), the state's bytes and the
+// optimizer's time per step, with a CSV of the runs (--csv FILE).
+//
 // Build and run (Release):
 //   apt-get install -y dataset-fashion-mnist zlib1g-dev
 //   cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target ablation
 //   ./build/examples/02_ablation/ablation [--steps N] [--data-dir DIR] [--allow-missing-data]
+//   ./build/examples/02_ablation/ablation --state-formats [--seeds N] [--csv FILE] [--steps N]
 #include <muon/muon.hpp>
 
 #include <Eigen/Core>
@@ -36,6 +44,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <numeric>
 #include <optional>
@@ -238,6 +247,13 @@ struct Switches {
   bool filter, muon, clip;
 };
 
+// How the optimizer keeps its state (--state-formats): Muon's momentum, Grokfast's average and
+// AdamW's moments.
+struct StateChoice {
+  const char* label = "full";
+  muon::StateStorage momentum{}, filter{}, fallback{};
+};
+
 struct RunResult {
   Switches on;
   float train_loss, test_accuracy;
@@ -246,11 +262,14 @@ struct RunResult {
   double mean_filter_ratio;                   // telemetry: mean ||filter(g)|| / ||g|| over the steps
   Matrix w1, w2;                              // final parameters, to compare runs
   Vector b1, b2;
+  std::size_t state_bytes = 0;                // memory_report().state_bytes()
 };
 
-RunResult train(const Dataset& train_set, const Dataset& test_set, Switches on, int steps, bool print_routing) {
+RunResult train(const Dataset& train_set, const Dataset& test_set, Switches on, int steps, bool print_routing,
+               const StateChoice& state = {}, unsigned seed = 0) {
   using Clock = std::chrono::steady_clock;
-  std::mt19937 init_rng(1), order_rng(2);  // same weights and same minibatch order in every run
+  // Same weights and same minibatch order in every run of one seed.
+  std::mt19937 init_rng(1 + 2 * seed), order_rng(2 + 2 * seed);
   Mlp model(init_rng);
 
   using Optimizer = muon::MuonGrokfastClip<muon::backend::Eigen<float>>;
@@ -259,11 +278,13 @@ RunResult train(const Dataset& train_set, const Dataset& test_set, Switches on, 
       .lr = k_muon_lr,
       .momentum = 0.95,
       .weight_decay = 0.0,
+      .momentum_state = state.momentum,
       .enable_filter = on.filter,   // Grokfast EMA, the official defaults: alpha 0.98, lamb 2
       .enable_muon = on.muon,       // off: every tensor below goes to AdamW
       .enable_constraint = on.clip, // QK-Clip, default options (nothing to clip here)
       .telemetry = true,            // for the filter ratio column; timings include its cost
-      .fallback = {.lr = fallback_lr, .weight_decay = 0.0},
+      .filter = {.state = state.filter},
+      .fallback = {.lr = fallback_lr, .weight_decay = 0.0, .state = state.fallback},
   });
   // The hidden layer is the one matrix Muon is for. The last layer is the classifier: tagged as
   // the output head, it goes to AdamW, as Muon's author advises for logits.
@@ -320,14 +341,19 @@ RunResult train(const Dataset& train_set, const Dataset& test_set, Switches on, 
           model.w1,
           model.w2,
           model.b1,
-          model.b2};
+          model.b2,
+          opt.memory_report().state_bytes()};
 }
 
 // ---- Command line ------------------------------------------------------------------------------
 
 constexpr std::string_view k_usage =
     "usage: ablation [--steps N] [--data-dir DIR] [--allow-missing-data] | --help\n"
+    "       ablation --state-formats [--seeds N] [--csv FILE] [--steps N] [--data-dir DIR]\n"
     "  --steps N             training steps per run (default 1200)\n"
+    "  --state-formats       compare the optimizer state formats instead of the switches\n"
+    "  --seeds N             seeds per state format (default 3)\n"
+    "  --csv FILE            write the state-format runs to FILE\n"
     "  --data-dir DIR        Fashion-MNIST's gzip'ed IDX files (default /usr/share/datasets/fashion-mnist)\n"
     "  --allow-missing-data  exit 0 instead of 2 when a data file is not there (not when one is corrupt)\n";
 
@@ -335,6 +361,9 @@ struct Args {
   int steps = 1200;
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   bool allow_missing_data = false;
+  bool state_formats = false;
+  int seeds = 3;
+  std::string csv;
 };
 
 std::optional<Args> parse_args(int argc, char** argv) {
@@ -351,6 +380,15 @@ std::optional<Args> parse_args(int argc, char** argv) {
       a.data_dir = argv[++i];
     } else if (arg == "--allow-missing-data") {
       a.allow_missing_data = true;
+    } else if (arg == "--state-formats") {
+      a.state_formats = true;
+    } else if (arg == "--seeds" && has_value) {
+      char* end = nullptr;
+      const long v = std::strtol(argv[++i], &end, 10);
+      if (*end != '\0' || v < 1 || v > 100) return std::nullopt;
+      a.seeds = static_cast<int>(v);
+    } else if (arg == "--csv" && has_value) {
+      a.csv = argv[++i];
     } else {
       return std::nullopt;
     }
@@ -364,6 +402,61 @@ std::optional<Args> parse_args(int argc, char** argv) {
 // output layer on random ReLU features: 78.6-79.6 % at 1200 steps, 72-73 % at 300; an optimizer
 // that does nothing stays near 10 %. 82 % fails all of those and passes every healthy run.
 constexpr float k_min_test_accuracy = 0.82f;
+
+// --state-formats: the full composition with its state in each format, over `seeds` seeds.
+int state_format_table(const Dataset& train_set, const Dataset& test_set, const Args& args) {
+  using muon::StateFormat;
+  using muon::StateRounding;
+  const muon::StateStorage bf16{StateFormat::bf16}, bf16_sr{StateFormat::bf16, StateRounding::stochastic},
+      q8{StateFormat::q8};
+  const StateChoice choices[] = {{"full", {}, {}, {}},
+                                 {"bf16", bf16, bf16, bf16},
+                                 {"bf16 stochastic", bf16_sr, bf16_sr, bf16_sr},
+                                 {"bf16 + q8 AdamW", bf16, bf16, q8}};
+  std::ofstream csv;
+  if (!args.csv.empty()) {
+    csv.open(args.csv);
+    if (!csv) {
+      std::cerr << "ablation: cannot write " << args.csv << "\n";
+      return 2;
+    }
+    csv << "state,seed,train_loss,test_accuracy,state_bytes,optimizer_ms_per_step\n";
+  }
+  std::printf("every switch on; %d seeds per format; state = Muon momentum + Grokfast EMA + AdamW moments\n\n", args.seeds);
+  std::printf("%-16s  %11s  %9s  %-20s  %-18s  %11s\n", "state", "state bytes", "vs full", "train loss (mean, sd)",
+              "test acc (mean, sd)", "opt ms/step");
+  bool ok = true;
+  double full_bytes = 0;
+  for (const StateChoice& c : choices) {
+    std::vector<double> loss, acc, ms;
+    std::size_t bytes = 0;
+    for (int seed = 0; seed < args.seeds; ++seed) {
+      const RunResult r = train(train_set, test_set, {true, true, true}, args.steps, false, c, static_cast<unsigned>(seed));
+      loss.push_back(r.train_loss);
+      acc.push_back(r.test_accuracy);
+      ms.push_back(r.optimizer_ms_per_step);
+      bytes = r.state_bytes;
+      ok = ok && std::isfinite(r.train_loss) && r.test_accuracy > k_min_test_accuracy;
+      if (csv) csv << c.label << "," << seed << "," << r.train_loss << "," << r.test_accuracy << "," << r.state_bytes << ","
+                   << r.optimizer_ms_per_step << "\n";
+    }
+    auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size()); };
+    auto sd = [&mean](const std::vector<double>& v) {
+      if (v.size() < 2) return 0.0;
+      const double m = mean(v);
+      double s = 0;
+      for (double x : v) s += (x - m) * (x - m);
+      return std::sqrt(s / static_cast<double>(v.size() - 1));
+    };
+    if (full_bytes == 0) full_bytes = static_cast<double>(bytes);
+    std::printf("%-16s  %11zu  %8.1f%%  %9.4f, %8.4f  %8.2f%%, %6.2f%%  %11.3f\n", c.label, bytes,
+                100.0 * static_cast<double>(bytes) / full_bytes, mean(loss), sd(loss), 100 * mean(acc), 100 * sd(acc),
+                mean(ms));
+  }
+  std::printf("\n%s: every run's test accuracy %s %.0f%%\n", ok ? "PASS" : "FAIL", ok ? "above" : "must be above",
+              100.0 * static_cast<double>(k_min_test_accuracy));
+  return ok ? 0 : 1;
+}
 
 }  // namespace
 
@@ -405,6 +498,11 @@ int main(int argc, char** argv) {
 
   std::printf("Fashion-MNIST: %zu training images (the first %d), %zu test images\n", train_set->labels.size(),
               k_train_subset, test_set->labels.size());
+  if (args->state_formats) {
+    std::printf("MLP %d -> %d -> %d (ReLU, softmax cross-entropy), batch %d, %d steps per run\n", k_pixels, k_hidden,
+                k_classes, k_batch, args->steps);
+    return state_format_table(*train_set, *test_set, *args);
+  }
   std::printf("MLP %d -> %d -> %d (ReLU, softmax cross-entropy), batch %d, %d steps per run\n", k_pixels, k_hidden,
               k_classes, k_batch, args->steps);
   std::printf("muon::MuonGrokfastClip: Muon lr %g; AdamW lr %g with Muon on, %g for every tensor with Muon off\n\n",

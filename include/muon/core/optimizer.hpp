@@ -261,7 +261,7 @@ class Optimizer {
     for (const auto& e : entries_)
       r.entries.push_back({e.info.name, e.aliases, e.info.shape, e.info.role, e.path, e.rule,
                            e.path == Path::matrix ? matrix_slots_[e.slot].lr_factor : 1.0, e.options.lr_scale,
-                           e.options.weight_decay});
+                           e.options.weight_decay, e.state_format});
     return r;
   }
 
@@ -661,17 +661,42 @@ class Optimizer {
                                              target,
                                              std::move(master)});
     }
+    std::string state_format = route.path == Path::matrix ? describe_state(matrix_slots_.back())
+                                                          : describe_state(fallback_slots_.back());
     // Nothing below throws (capacity reserved above).
     need_.raise_to(need);
     unconstrained_need_.raise_to(unconstrained);
     schedule_dirty_ = true;
     const std::size_t slot = route.path == Path::matrix ? matrix_slots_.size() - 1 : fallback_slots_.size() - 1;
     entries_.push_back(Entry{std::move(info), {}, route.path, std::move(route.rule), options, p.data, g.data,
-                             c.param_bytes, c.grad_bytes, p.layout, p.format, slot});
+                             c.param_bytes, c.grad_bytes, p.layout, p.format, slot, std::move(state_format)});
     flags_ = std::move(flags);
     flags_host_.push_back(0.0);
     bad_.push_back(0);
     return id;
+  }
+
+  // "momentum bf16, filter/ema bf16": a slot's state items not kept in value_type (routing report).
+  template <class Slot>
+  static std::string describe_state(Slot& s) {
+    std::string out;
+    auto note = [&out](std::string_view prefix) {
+      return [&out, prefix](std::string_view key, auto& item) {
+        if constexpr (detail::is_state_buffer_v<std::remove_cvref_t<decltype(item)>>) {
+          if (item.format() == StateFormat::full) return;
+          out += (out.empty() ? "" : ", ") + std::string(prefix) + std::string(key) + " " + to_string(item.format());
+          if (item.format() == StateFormat::q8) out += "/" + std::to_string(item.block());
+        }
+      };
+    };
+    if constexpr (requires { s.momentum; }) {
+      note("")("momentum", s.momentum);
+      s.constraint.visit(note("constraint/"));
+    } else {
+      s.fallback.visit(note("fallback/"));
+    }
+    s.filter.visit(note("filter/"));
+    return out;
   }
 
   // The master copy starts as the registered tensor's values (decoded from 16 bits).

@@ -131,6 +131,7 @@ struct RegisteredTensor {
   Layout layout = Layout::row_major;
   ElementFormat format = ElementFormat::value;
   std::size_t slot = 0;  // index into the optimizer's matrix or fallback slots (by path)
+  std::string state_format;  // state not kept in value_type, e.g. "momentum bf16" ("" when none)
 
   [[nodiscard]] bool named(const std::string& n) const {
     if (info.name == n) return true;

@@ -28,6 +28,9 @@ struct RoutingEntry {
   // Its parameter group (ParamOptions): lr multiplier, and weight decay when it replaces the path's.
   double group_lr_scale = 1;
   std::optional<double> weight_decay{};
+  // State kept in another format than value_type ("momentum bf16", "fallback/exp_avg q8/256");
+  // empty when all of it is full precision (core/state_format.hpp).
+  std::string state;
 
   // "lr x 10, wd 0" for a tensor with group overrides, "" otherwise.
   [[nodiscard]] std::string group() const {
@@ -83,7 +86,8 @@ struct RoutingReport {
       os << std::setw(static_cast<int>(wn)) << display_name(e) << "  " << std::setw(static_cast<int>(ws))
          << e.shape.to_string() << "  " << std::setw(static_cast<int>(wr)) << muon::to_string(e.role) << "  "
          << std::setw(8) << muon::to_string(e.path) << "  " << e.rule
-         << (e.group().empty() ? "" : " [group: " + e.group() + "]") << "\n";
+         << (e.group().empty() ? "" : " [group: " + e.group() + "]")
+         << (e.state.empty() ? "" : " [state: " + e.state + "]") << "\n";
     auto tensors = [](std::size_t n) { return std::to_string(n) + (n == 1 ? " tensor, " : " tensors, "); };
     os << "matrix path: " << tensors(r.count(Path::matrix)) << r.elements(Path::matrix)
        << " elements; fallback: " << tensors(r.count(Path::fallback)) << r.elements(Path::fallback)
