@@ -265,18 +265,24 @@ void scenario_nan() {
       if (s == 3) mr.g[0][mr.g[0].size() - 2] = std::numeric_limits<float>::infinity();
       std::string err_s, err_r;
       std::vector<muon::ParamId> skip_s, skip_r;
+      double lr_s = -1, lr_r = -1, flr_s = -1, flr_r = -1;
       try {
         const auto r = sharded.step();
+        lr_s = r.lr;
+        flr_s = r.fallback_lr;
         skip_s.assign(r.skipped.begin(), r.skipped.end());
       } catch (const muon::Error& e) {
         err_s = e.what();
       }
       try {
         const auto r = ref.step();
+        lr_r = r.lr;
+        flr_r = r.fallback_lr;
         skip_r.assign(r.skipped.begin(), r.skipped.end());
       } catch (const muon::Error& e) {
         err_r = e.what();
       }
+      check(lr_s == lr_r && flr_s == flr_r, what + ": step " + std::to_string(s) + " reports other learning rates");
       check(err_s.empty() == err_r.empty(), what + ": step " + std::to_string(s) + " threw on one side only (" + err_s + " | " + err_r + ")");
       if (!err_s.empty()) check(err_s.find("h0.up") != std::string::npos || err_s.find("embed") != std::string::npos,
                                 what + ": the error does not name the tensor: " + err_s);

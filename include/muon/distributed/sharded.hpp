@@ -267,6 +267,10 @@ class Sharded {
       skipped_.clear();
       for (ParamId i = 0; i < entries_.size(); ++i) skipped_.push_back(i);
       inner_result = inner_->skip();
+      // The rates the step would have used, as a single process reports them on a skipped step.
+      const double multiplier = options_.schedule(inner_result.step);
+      inner_result.lr = inner_->lr() * multiplier;
+      inner_result.fallback_lr = inner_->fallback_lr() * multiplier;
     } else {
       if (any_bad) poison();
       const std::clock_t cpu = std::clock();
