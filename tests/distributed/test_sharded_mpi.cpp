@@ -362,6 +362,9 @@ void scenario_single() {
     Opt ref(o);
     ms.register_with(sh);
     mr.register_with(ref);
+    check(sh.routing_report().to_string() == ref.routing_report().to_string(),
+          "the routing report differs from the plain optimizer's:\n" + sh.routing_report().to_string() + "\n" +
+              ref.routing_report().to_string());
     for (int s = 1; s <= 3; ++s) {
       ms.mean_gradients(3, s);
       mr.mean_gradients(3, s);

@@ -340,9 +340,21 @@ class Sharded {
   [[nodiscard]] std::uint64_t steps_taken() const { return inner_ ? inner_->steps_taken() : 0; }
   [[nodiscard]] RoutingReport routing_report() const {
     RoutingReport r;
-    for (const auto& e : entries_)
-      r.entries.push_back({e.info.name, e.aliases, e.info.shape, e.info.role, e.path, e.rule, 1.0, e.options.lr_scale,
-                           e.options.weight_decay});
+    for (const auto& e : entries_) {
+      RoutingEntry x;  // by member: the entry may grow fields
+      x.name = e.info.name;
+      x.aliases = e.aliases;
+      x.shape = e.info.shape;
+      x.role = e.info.role;
+      x.path = e.path;
+      x.rule = e.rule;
+      if (e.path == Path::matrix)  // the lr factor of its shape (and layer), as the owner applies it
+        x.lr_scale = adjusted_lr(1.0, options_.lr_adjust, e.info.shape.rows(), e.info.shape.cols()) *
+                     modular_factor(options_.modular, e.options.layer, e.options.depth, e.info.shape.rows(), e.info.shape.cols());
+      x.group_lr_scale = e.options.lr_scale;
+      x.weight_decay = e.options.weight_decay;
+      r.entries.push_back(std::move(x));
+    }
     return r;
   }
   [[nodiscard]] ShardMemoryReport memory_report() {
