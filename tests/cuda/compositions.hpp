@@ -67,6 +67,19 @@ struct NorMuonTag {
   }
 };
 
+// Muon with its state in less memory (core/state_format.hpp): bf16 momentum, 8-bit AdamW moments.
+struct LowMemoryTag {
+  static constexpr const char* name = "Muon (bf16 momentum, q8 AdamW)";
+  template <class B>
+  using type = ::muon::Muon<B>;
+  template <class O>
+  static void configure(O& o) {
+    o.threads = 1;
+    o.momentum_state = {StateFormat::bf16};
+    o.fallback.state = {StateFormat::q8, StateRounding::nearest_even, 16};
+  }
+};
+
 inline std::size_t element_count(const Shape& s) {
   std::size_t n = 1;
   for (std::size_t i = 0; i < s.rank(); ++i) n *= static_cast<std::size_t>(s[i]);

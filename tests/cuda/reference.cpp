@@ -46,6 +46,7 @@ MUON_CUDA_REFERENCE(HypersphereMuonTag)
 MUON_CUDA_REFERENCE(MuonClipTag)
 MUON_CUDA_REFERENCE(GrokfastMATag)
 MUON_CUDA_REFERENCE(NorMuonTag)
+MUON_CUDA_REFERENCE(LowMemoryTag)
 #undef MUON_CUDA_REFERENCE
 
 }  // namespace muon::test::cuda

@@ -94,61 +94,71 @@ MUON_HOST_DEVICE inline std::uint64_t mix64(std::uint64_t x) {
   return mix64(h ^ mix64(step));
 }
 
-// v rounded to bf16 bits as the state rounding says, saturated to the finite range.
+// 16 uniform random bits for element k of a stochastic-rounding stream.
+MUON_HOST_DEVICE inline std::uint32_t random16(std::uint64_t stream, std::uint64_t k) {
+  return static_cast<std::uint32_t>(mix64(stream ^ mix64(k)) & 0xffffu);
+}
+
+// v rounded to bf16 bits as the state rounding says, saturated to the finite range; NaN and Inf
+// stay what they are. Without branches (selects only), so that the loops calling it vectorize;
+// the random bits are computed either way and used only when stochastic.
 template <class V>
 MUON_HOST_DEVICE std::uint16_t encode_state_bf16(V v, bool stochastic, std::uint64_t stream, std::uint64_t k) {
-  if (!stochastic) return encode16(ElementFormat::bf16, v);
-  const bool finite = v - v == V(0);
-  if (!finite) return encode16(ElementFormat::bf16, v);
   V c = v;
   if constexpr (sizeof(V) > sizeof(float)) {  // a double beyond float's range: clamp before the cast
     const V m = V(3.4028234663852886e38);
     c = c > m ? m : (c < -m ? -m : c);
   }
   const std::uint32_t x = std::bit_cast<std::uint32_t>(static_cast<float>(c));
-  // Adding 16 random bits below the kept ones carries into them with probability equal to the
-  // discarded fraction (on the magnitude: sign and magnitude are separate in IEEE formats).
-  const std::uint32_t r = static_cast<std::uint32_t>(mix64(stream ^ mix64(k)) & 0xffffu);
-  const std::uint32_t magnitude = ((x & 0x7fffffffu) + r) >> 16;
-  const std::uint32_t kept = magnitude >= 0x7f80u ? 0x7f7fu : magnitude;  // carried into Inf: saturate
-  return static_cast<std::uint16_t>(((x >> 16) & 0x8000u) | kept);
+  const std::uint32_t magnitude = x & 0x7fffffffu, sign = (x >> 16) & 0x8000u;
+  // Nearest even adds 0x7fff plus the lowest kept bit; stochastic adds 16 random bits (carrying
+  // into the kept bits with probability equal to the discarded fraction).
+  const std::uint32_t add = stochastic ? random16(stream, k) : 0x7fffu + ((magnitude >> 16) & 1u);
+  std::uint32_t kept = (magnitude + add) >> 16;
+  const bool nan = magnitude > 0x7f800000u, inf = magnitude == 0x7f800000u;
+  kept = kept >= 0x7f80u ? 0x7f7fu : kept;  // a finite value carried into Inf: saturate
+  kept = nan ? ((magnitude >> 16) | 0x0040u) : (inf ? 0x7f80u : kept);
+  return static_cast<std::uint16_t>(sign | kept);
 }
 
-// ---- The q8 code (closed form on host and device) ----
-// Index of the code for y = 127 sqrt(|x| / scale) (signed) or 255 (v / scale)^(1/4): y
-// rounded to nearest, or up with probability frac(y) (stochastic).
-MUON_HOST_DEVICE inline double q8_round(double y, bool stochastic, std::uint64_t stream, std::uint64_t k) {
-  const double f = std::floor(y);
-  if (!stochastic) return y - f >= 0.5 ? f + 1 : f;
-  const double u = static_cast<double>(mix64(stream ^ mix64(k)) >> 11) * 0x1p-53;  // [0, 1)
-  return y - f > u ? f + 1 : f;
+// ---- The q8 code (closed form on host and device, in value_type, without branches) ----
+// The code index for y = 127 sqrt(|x| / scale) (signed) or 255 (v / scale)^(1/4): floor(y + u)
+// with u = 1/2 (nearest, ties up) or uniform in [0, 1) (stochastic: up with probability frac(y)).
+template <class T>
+MUON_HOST_DEVICE T q8_offset(bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  return stochastic ? static_cast<T>(random16(stream, k)) * T(1.0 / 65536.0) : T(0.5);
 }
 template <class T>
 MUON_HOST_DEVICE T q8_decode_signed(std::int8_t q, T scale) {
-  const T r = static_cast<T>(q) / T(127);
-  return scale * (q < 0 ? -r * r : r * r);
+  const T r = static_cast<T>(q);
+  return scale * ((q < 0 ? -r * r : r * r) / T(127 * 127));  // a division: code 127 decodes to exactly 1
 }
+// `inv_scale` is 1 / scale (0 when the scale is 0: everything encodes to 0).
 template <class T>
-MUON_HOST_DEVICE std::int8_t q8_encode_signed(T x, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
-  if (!(scale > T(0))) return 0;
-  double r = static_cast<double>(x < T(0) ? -x : x) / static_cast<double>(scale);
-  r = r > 1.0 ? 1.0 : r;
-  const double y = q8_round(127.0 * std::sqrt(r), stochastic, stream, k);
-  const auto q = static_cast<std::int8_t>(y > 127.0 ? 127.0 : y);
-  return x < T(0) ? static_cast<std::int8_t>(-q) : q;
+MUON_HOST_DEVICE std::int8_t q8_encode_signed(T x, T inv_scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  T r = (x < T(0) ? -x : x) * inv_scale;
+  r = r > T(1) ? T(1) : r;
+  const int q = static_cast<int>(T(127) * std::sqrt(r) + q8_offset<T>(stochastic, stream, k));
+  const int c = q > 127 ? 127 : q;
+  return static_cast<std::int8_t>(x < T(0) ? -c : c);
 }
 template <class T>
 MUON_HOST_DEVICE T q8_decode_unsigned(std::uint8_t q, T scale) {
-  const T r = static_cast<T>(q) / T(255);
+  const T r = static_cast<T>(q) / T(255);  // exactly 1 for code 255
   return scale * (r * r) * (r * r);
 }
 template <class T>
-MUON_HOST_DEVICE std::uint8_t q8_encode_unsigned(T v, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
-  if (!(scale > T(0)) || !(v > T(0))) return 0;
-  double r = static_cast<double>(v) / static_cast<double>(scale);
-  r = r > 1.0 ? 1.0 : r;
-  const double y = q8_round(255.0 * std::sqrt(std::sqrt(r)), stochastic, stream, k);
-  return static_cast<std::uint8_t>(y < 1.0 ? 1.0 : (y > 255.0 ? 255.0 : y));  // nonzero v stays nonzero
+MUON_HOST_DEVICE std::uint8_t q8_encode_unsigned(T v, T inv_scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  T r = v * inv_scale;
+  r = r > T(1) ? T(1) : (r < T(0) ? T(0) : r);
+  const int q = static_cast<int>(T(255) * std::sqrt(std::sqrt(r)) + q8_offset<T>(stochastic, stream, k));
+  const int c = q > 255 ? 255 : q;
+  return static_cast<std::uint8_t>(v > T(0) && inv_scale > T(0) && c < 1 ? 1 : c);  // nonzero v stays nonzero
+}
+// 1 / scale, or 0 for a zero scale.
+template <class T>
+MUON_HOST_DEVICE T q8_inverse(T scale) {
+  return scale > T(0) ? T(1) / scale : T(0);
 }
 
 }  // namespace detail
@@ -221,9 +231,10 @@ void q8_encode_host(const T* values, std::size_t n, std::size_t block, bool non_
     T amax = T(0);
     for (std::size_t i = lo; i < hi; ++i) amax = std::max(amax, values[i] < T(0) ? -values[i] : values[i]);
     scales[lo / block] = amax;
+    const T inv = q8_inverse(amax);
     for (std::size_t i = lo; i < hi; ++i)
-      codes[i] = non_negative ? q8_encode_unsigned<T>(values[i], amax, false, 0, 0)
-                              : static_cast<std::uint8_t>(q8_encode_signed<T>(values[i], amax, false, 0, 0));
+      codes[i] = non_negative ? q8_encode_unsigned<T>(values[i], inv, false, 0, 0)
+                              : static_cast<std::uint8_t>(q8_encode_signed<T>(values[i], inv, false, 0, 0));
   }
 }
 

@@ -162,6 +162,9 @@ class HostBackend {
     T* o = out.data;
     const index_t n = out.size();
     auto run = [&](auto... p) {
+      // Each index is visited once and a functor touches only element i of what it carries
+      // (the Backend concept's rule), so the iterations are independent.
+      MUON_INDEPENDENT_ITERATIONS
       for (index_t i = 0; i < n; ++i) o[i] = static_cast<T>(f(i, p[i]...));
     };
     run(MatrixView<const T>(in).data...);
