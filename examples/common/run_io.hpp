@@ -69,9 +69,10 @@ inline std::string find_on_path(const std::string& name) {
   std::stringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
   std::string dir;
   while (std::getline(dirs, dir, ':')) {
-    if (dir.empty()) dir = ".";
-    // (std::filesystem::path, not string concatenation: GCC 12 warns falsely on the latter.)
-    const std::string candidate = (std::filesystem::path(dir) / name).string();
+    // (std::filesystem::path, not string assignment or concatenation: GCC 12 at -O3 warns
+    // falsely, -Wrestrict, on those.)
+    const std::filesystem::path where = dir.empty() ? std::filesystem::path(".") : std::filesystem::path(dir);
+    const std::string candidate = (where / name).string();
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return {};
@@ -263,10 +264,13 @@ namespace detail {
 inline bool plot_gnuplot(const Plot& plot, const std::string& gnuplot) {
   std::string script = "set terminal pngcairo size 900,560 noenhanced\n";
   script += "set output " + gnuplot_quote(plot.png_path) + "\n";
-  script += "set datafile separator ','\nset grid\n";
+  // The legend goes below the plot: with several curves it would hide some of them inside.
+  script += "set datafile separator ','\nset grid\nset key below\n";
   script += "set title " + gnuplot_quote(plot.title) + "\n";
   script += "set xlabel " + gnuplot_quote(plot.xlabel) + "\n";
   script += "set ylabel " + gnuplot_quote(plot.ylabel) + "\n";
+  // %g ticks: gnuplot's default prints 1e-8 on a log axis as 0.00000001.
+  script += "set format x '%g'\nset format y '%g'\n";
   if (plot.log_y) script += "set logscale y\n";
   if (plot.log_x) script += "set logscale x\n";
   script += "plot ";
@@ -322,9 +326,8 @@ ax.set_title(title)
 ax.set_xlabel(xlabel)
 ax.set_ylabel(ylabel)
 ax.grid(True, alpha=0.4)
-ax.legend()
-fig.tight_layout()
-fig.savefig(png)
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+fig.savefig(png, bbox_inches="tight")
 )PY";
   for (const Series& s : plot.series)
     if (csv_column(s.csv_path, s.x_column) == 0 || csv_column(s.csv_path, s.y_column) == 0) return 0;
