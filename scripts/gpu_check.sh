@@ -38,6 +38,10 @@ cmake --build "$build" -j"$(nproc)" --target muon_cuda_tests bench_cuda >"$out/b
   || { echo "build failed (see build.log)"; tail -60 "$out/build.log"; exit 3; }
 echo "configure + build: $((SECONDS - start)) s" | tee -a "$out/environment.txt"
 
+# The NCCL communicator's one-GPU test (tests/distributed), where muon::nccl exists.
+cmake --build "$build" -j"$(nproc)" --target muon_nccl_tests >"$out/build_nccl.log" 2>&1 \
+  && echo "muon_nccl_tests built" || echo "muon_nccl_tests not built (no NCCL? see build_nccl.log)"
+
 exe="$build/tests/cuda/muon_cuda_tests"
 timeout 300 "$exe" --durations yes -r console >"$out/tests.log" 2>&1
 status=$?
@@ -47,6 +51,11 @@ echo "invalid-stream case: exit $?" >>"$out/invalid_stream.log"
 grep -E "no CUDA device|test cases|assertions|FAILED|passed" "$out/tests.log" | tail -20
 tail -3 "$out/invalid_stream.log"
 echo "muon_cuda_tests: exit ${status}"
+nccl_exe="$(find "$build/tests/distributed" -name muon_nccl_tests -type f 2>/dev/null | head -1)"
+if [ -n "$nccl_exe" ]; then
+  timeout 120 "$nccl_exe" >"$out/nccl.log" 2>&1
+  echo "muon_nccl_tests: exit $? (77: skipped, no device)" | tee -a "$out/nccl.log"
+fi
 
 if [ "${MUON_GPU_SKIP_BENCH:-0}" != "1" ]; then
   bench="$build/benchmarks/cuda/bench_cuda"
