@@ -406,11 +406,11 @@ TEMPLATE_TEST_CASE("q8 AdamW and Lion moments follow the written-out block rule 
         lmax = std::max(lmax, std::abs(ln[i - lo_i]));
       }
       for (std::size_t i = lo_i; i < hi; ++i) {
-        m[i] = q8_encode_signed(mn[i - lo_i], muon::detail::q8_inverse(mmax), false, 0, 0);
-        v[i] = q8_encode_unsigned(vn[i - lo_i], muon::detail::q8_inverse(vmax), false, 0, 0);
+        m[i] = q8_encode_signed(mn[i - lo_i], mmax, false, 0, 0);
+        v[i] = q8_encode_unsigned(vn[i - lo_i], vmax, false, 0, 0);
         p_ref[i] = update(p_ref[i], q8_decode_signed(m[i], mmax), q8_decode_unsigned(v[i], vmax));
         q_ref[i] = lupdate(q_ref[i], q8_decode_signed(lm[i], ls[s]), gq[i]);
-        lm[i] = q8_encode_signed(ln[i - lo_i], muon::detail::q8_inverse(lmax), false, 0, 0);
+        lm[i] = q8_encode_signed(ln[i - lo_i], lmax, false, 0, 0);
       }
       ms[s] = mmax;
       vs[s] = vmax;
@@ -509,4 +509,24 @@ TEST_CASE("the routing report shows each tensor's state format", "[state_format]
   CHECK(rb.str().find("[state: momentum bf16]") != std::string::npos);
   CHECK(rb.str().find("[state: fallback/exp_avg q8/64, fallback/exp_avg_sq q8/64]") != std::string::npos);
   CHECK(b.opt.routing_report().entries[0].state == "momentum bf16");
+}
+
+TEST_CASE("q8 code: zero, subnormal and huge block scales encode without NaN", "[state_format][q8]") {
+  using muon::detail::q8_decode_host;
+  using muon::detail::q8_encode_host;
+  for (bool non_negative : {false, true}) {
+    for (float big : {0.0f, 1e-40f, 3e38f}) {
+      const std::vector<float> x = {0.0f, big, big * 0.25f, 0.0f};
+      std::vector<std::uint8_t> codes(4);
+      std::vector<float> scales(1), back(4);
+      q8_encode_host(x.data(), 4, 16, non_negative, codes.data(), scales.data());
+      q8_decode_host(codes.data(), scales.data(), 4, 16, non_negative, back.data());
+      INFO("largest " << big << (non_negative ? " (unsigned code)" : " (signed code)"));
+      CHECK(back[0] == 0.0f);
+      CHECK(back[3] == 0.0f);
+      CHECK(back[1] == big);  // the block's largest value comes back exactly
+      CHECK(std::isfinite(back[2]));
+      CHECK(back[2] <= big);
+    }
+  }
 }

@@ -133,11 +133,12 @@ MUON_HOST_DEVICE T q8_decode_signed(std::int8_t q, T scale) {
   const T r = static_cast<T>(q);
   return scale * ((q < 0 ? -r * r : r * r) / T(127 * 127));  // a division: code 127 decodes to exactly 1
 }
-// `inv_scale` is 1 / scale (0 when the scale is 0: everything encodes to 0).
+// `scale` is the block's largest magnitude (0: everything encodes to 0). A division, not a
+// reciprocal: the largest value must give exactly 1, subnormal scales included.
 template <class T>
-MUON_HOST_DEVICE std::int8_t q8_encode_signed(T x, T inv_scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
-  T r = (x < T(0) ? -x : x) * inv_scale;
-  r = r > T(1) ? T(1) : r;
+MUON_HOST_DEVICE std::int8_t q8_encode_signed(T x, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  T r = scale > T(0) ? (x < T(0) ? -x : x) / scale : T(0);
+  r = r >= T(0) ? (r < T(1) ? r : T(1)) : T(0);  // [0, 1]; a NaN (never expected) encodes as 0
   const int q = static_cast<int>(T(127) * std::sqrt(r) + q8_offset<T>(stochastic, stream, k));
   const int c = q > 127 ? 127 : q;
   return static_cast<std::int8_t>(x < T(0) ? -c : c);
@@ -148,17 +149,12 @@ MUON_HOST_DEVICE T q8_decode_unsigned(std::uint8_t q, T scale) {
   return scale * (r * r) * (r * r);
 }
 template <class T>
-MUON_HOST_DEVICE std::uint8_t q8_encode_unsigned(T v, T inv_scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
-  T r = v * inv_scale;
-  r = r > T(1) ? T(1) : (r < T(0) ? T(0) : r);
+MUON_HOST_DEVICE std::uint8_t q8_encode_unsigned(T v, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  T r = scale > T(0) ? v / scale : T(0);
+  r = r >= T(0) ? (r < T(1) ? r : T(1)) : T(0);  // [0, 1]; a NaN (never expected) encodes as 0
   const int q = static_cast<int>(T(255) * std::sqrt(std::sqrt(r)) + q8_offset<T>(stochastic, stream, k));
   const int c = q > 255 ? 255 : q;
-  return static_cast<std::uint8_t>(v > T(0) && inv_scale > T(0) && c < 1 ? 1 : c);  // nonzero v stays nonzero
-}
-// 1 / scale, or 0 for a zero scale.
-template <class T>
-MUON_HOST_DEVICE T q8_inverse(T scale) {
-  return scale > T(0) ? T(1) / scale : T(0);
+  return static_cast<std::uint8_t>(v > T(0) && scale > T(0) && c < 1 ? 1 : c);  // nonzero v stays nonzero
 }
 
 }  // namespace detail
@@ -231,10 +227,9 @@ void q8_encode_host(const T* values, std::size_t n, std::size_t block, bool non_
     T amax = T(0);
     for (std::size_t i = lo; i < hi; ++i) amax = std::max(amax, values[i] < T(0) ? -values[i] : values[i]);
     scales[lo / block] = amax;
-    const T inv = q8_inverse(amax);
     for (std::size_t i = lo; i < hi; ++i)
-      codes[i] = non_negative ? q8_encode_unsigned<T>(values[i], inv, false, 0, 0)
-                              : static_cast<std::uint8_t>(q8_encode_signed<T>(values[i], inv, false, 0, 0));
+      codes[i] = non_negative ? q8_encode_unsigned<T>(values[i], amax, false, 0, 0)
+                              : static_cast<std::uint8_t>(q8_encode_signed<T>(values[i], amax, false, 0, 0));
   }
 }
 

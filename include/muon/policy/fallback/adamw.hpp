@@ -172,14 +172,13 @@ class AdamW {
         m_max = (mi < T(0) ? -mi : mi) > m_max ? (mi < T(0) ? -mi : mi) : m_max;
         v_max = vi > v_max ? vi : v_max;
       }
-      const T m_inv = detail::q8_inverse(m_max), v_inv = detail::q8_inverse(v_max);
       MUON_INDEPENDENT_ITERATIONS
       for (index_t i = lo; i < hi; ++i) {
         const T mi = fn::Lerp<T>{one_minus_beta1}(detail::q8_decode_signed(m[i], m_scale), g[i]);
         const T vi = ema_square(detail::q8_decode_unsigned(v[i], v_scale), g[i]);
         const auto k = static_cast<std::uint64_t>(i);
-        const std::int8_t mq = detail::q8_encode_signed(mi, m_inv, stochastic, stream_m, k);
-        const std::uint8_t vq = detail::q8_encode_unsigned(vi, v_inv, stochastic, stream_v, k);
+        const std::int8_t mq = detail::q8_encode_signed(mi, m_max, stochastic, stream_m, k);
+        const std::uint8_t vq = detail::q8_encode_unsigned(vi, v_max, stochastic, stream_v, k);
         m[i] = mq;
         v[i] = vq;
         p[i] = update(p[i], detail::q8_decode_signed(mq, m_max), detail::q8_decode_unsigned(vq, v_max));

@@ -156,12 +156,11 @@ class Lion {
         const T mi = ema(detail::q8_decode_signed(m[i], scale), g[i]);
         next_max = (mi < T(0) ? -mi : mi) > next_max ? (mi < T(0) ? -mi : mi) : next_max;
       }
-      const T inv = detail::q8_inverse(next_max);
       MUON_INDEPENDENT_ITERATIONS
       for (index_t i = lo; i < hi; ++i) {
         const T old = detail::q8_decode_signed(m[i], scale);
         p[i] = update(p[i], old, g[i]);
-        m[i] = detail::q8_encode_signed(ema(old, g[i]), inv, stochastic, stream, static_cast<std::uint64_t>(i));
+        m[i] = detail::q8_encode_signed(ema(old, g[i]), next_max, stochastic, stream, static_cast<std::uint64_t>(i));
       }
       return next_max;
     }
