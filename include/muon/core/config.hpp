@@ -4,9 +4,13 @@
 #include <cstdint>
 
 // Marks functions (elementwise functors, mostly) that must compile for both the host and a CUDA
-// device.
+// device. On the host they are always inlined: they are the bodies of the backends' elementwise
+// loops, a loop vectorizes only with its body inlined, and GCC's heuristics leave such calls in
+// place in a large translation unit (a trainer's), which keeps the loop scalar.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MUON_HOST_DEVICE __host__ __device__
+#elif defined(__GNUC__)  // GCC and Clang
+#define MUON_HOST_DEVICE __attribute__((always_inline))
 #else
 #define MUON_HOST_DEVICE
 #endif
@@ -28,5 +32,15 @@ namespace muon {
 
 // Signed, so that differences of sizes and loops counting down stay well defined.
 using index_t = std::ptrdiff_t;
+
+// Whether math functions may set errno in this translation unit. Then GCC and Clang guard every
+// std::sqrt with a branch to the library call, and the elementwise loops that take square roots
+// (AdamW's update, the 8-bit state code) do not vectorize. muon::muon's CMake target compiles
+// with -fno-math-errno (option MUON_NO_MATH_ERRNO); benchmarks record this value.
+#if defined(__GNUC__) && !defined(__NO_MATH_ERRNO__) && !defined(__CUDA_ARCH__)
+inline constexpr bool math_errno = true;
+#else
+inline constexpr bool math_errno = false;
+#endif
 
 }  // namespace muon

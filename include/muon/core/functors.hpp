@@ -1,11 +1,24 @@
 #pragma once
 // Elementwise functors shared by several policies. Each is a small copyable struct whose call
 // operator compiles for host and device; arithmetic is in the parameter type, as PyTorch does.
+#include <bit>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "muon/core/config.hpp"
 
 namespace muon::fn {
+
+// c ? a : b, by bit masks. The same value as the conditional, but GCC (12) vectorizes a select
+// whose condition is a loop-invariant bool (a functor's option: Nesterov or not, a first call)
+// only in this form; as a conditional, the whole loop around it stays scalar.
+template <class T>
+MUON_HOST_DEVICE inline T pick(bool c, T a, T b) {
+  using Bits = std::conditional_t<sizeof(T) == sizeof(std::uint32_t), std::uint32_t, std::uint64_t>;
+  const Bits mask = Bits(0) - static_cast<Bits>(c);
+  return std::bit_cast<T>((std::bit_cast<Bits>(a) & mask) | (std::bit_cast<Bits>(b) & ~mask));
+}
 
 // The value type's largest finite value (host side; functors carry it to the device).
 template <class T>
@@ -15,10 +28,12 @@ inline constexpr T k_largest = std::numeric_limits<T>::max();
 // (a gradient near the float maximum, amplified or squared) the result keeps its sign and stays
 // finite instead of becoming Inf, so no parameter turns non-finite from finite input. NaN stays
 // NaN (the step's non-finite check has already run). `max` is passed in so that device code
-// needs no numeric_limits.
+// needs no numeric_limits. Two selects, each comparison made unconditionally: a comparison
+// under another's condition is one a compiler may not speculate, and the loop stays scalar.
 template <class T>
-MUON_HOST_DEVICE T saturate(T x, T max) {
-  return x > max ? max : (x < -max ? -max : x);
+MUON_HOST_DEVICE inline T saturate(T x, T max) {
+  const T below = x > max ? max : x;
+  return below < -max ? -max : below;
 }
 
 // A coefficient computed in double (lr x factors), converted to the value type without becoming
@@ -68,14 +83,19 @@ struct Axpy {
 // The difference is taken halved, h = y/2 - x/2, and the weight doubled: scaling by 2 is exact,
 // so (2w) h rounds exactly as w (y - x) does, but h cannot overflow where y - x can (finite x, y
 // of opposite signs near the float maximum), and for w in [0, 1] the result stays finite. (Only
-// halves below the smallest normal float, |x| < 2.4e-38, can round differently.) No branch on
-// the data, so the loop vectorises.
+// halves below the smallest normal float, |x| < 2.4e-38, can round differently.)
 template <class T>
 struct Lerp {
   T w;
   MUON_HOST_DEVICE T operator()(T x, T y) const {
     const T h = y * T(0.5) - x * T(0.5);
-    return (w < T(0.5) && w > T(-0.5)) ? x + (T(2) * w) * h : y - h * (T(2) * (T(1) - w));
+    // x + (2w) h from x's end, y - (2 (1 - w)) h from y's, written as one expression over
+    // selected operands (the same bits: negating a product is exact). Arithmetic under a
+    // condition is what a compiler may not speculate (it could raise a floating-point flag),
+    // and then the loop around it stays scalar.
+    const bool from_x = (w < T(0.5)) & (w > T(-0.5));  // both compared: no short-circuit
+    const T to_x = T(2) * w, to_y = -(T(2) * (T(1) - w));
+    return pick(from_x, x, y) + pick(from_x, to_x, to_y) * h;
   }
 };
 

@@ -112,7 +112,7 @@ MUON_HOST_DEVICE inline float decode16(ElementFormat f, std::uint16_t h) {
 // master beyond the format's range (65504 for fp16; FLT_MAX rounds past bf16's largest) becomes
 // the largest finite value of its sign, not Inf. NaN and Inf stay what they are.
 template <class V>
-MUON_HOST_DEVICE std::uint16_t encode16(ElementFormat f, V v) {
+MUON_HOST_DEVICE inline std::uint16_t encode16(ElementFormat f, V v) {
   const bool finite = v - v == V(0);
   V c = v;
   if constexpr (sizeof(V) > sizeof(float)) {  // a double beyond float's range: clamp before the cast

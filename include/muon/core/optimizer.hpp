@@ -94,18 +94,20 @@ struct ApplyUpdate {
 // Sums the bytes of every buffer a policy state holds.
 // Muon's momentum kept in bf16 (Options::momentum_state): m <- lerp(m, g, 1 - beta) in T, stored
 // rounded; the returned u uses the stored value, as a torch run with a bf16 buffer would.
-template <class T>
+// Stochastic rounding is a template argument, so that the nearest-even loop carries no hashing.
+template <class T, bool Stochastic>
 struct MomentumBf16 {
   std::uint16_t* m;
   T one_minus_beta, beta;
-  bool nesterov, stochastic;
+  bool nesterov;
   std::uint64_t stream;
   MUON_HOST_DEVICE T operator()(index_t k, T g) const {
     const T next = fn::Lerp<T>{one_minus_beta}(static_cast<T>(bf16_to_float(m[k])), g);
-    const std::uint16_t bits = encode_state_bf16(next, stochastic, stream, static_cast<std::uint64_t>(k));
+    const std::uint16_t bits = encode_state_bf16(next, Stochastic, stream, static_cast<std::uint64_t>(k));
     m[k] = bits;
     const T stored = static_cast<T>(bf16_to_float(bits));
-    return nesterov ? fn::Lerp<T>{beta}(g, stored) : stored;
+    const T ahead = fn::Lerp<T>{beta}(g, stored);  // computed either way: no arithmetic under a condition
+    return fn::pick(nesterov, ahead, stored);
   }
 };
 
@@ -1016,12 +1018,15 @@ class Optimizer {
     if (options_.telemetry) telemetry_.gradients(b, l.ws, graw, g);
     const T beta = static_cast<T>(options_.momentum);
     if (s.momentum.format() == StateFormat::bf16) {  // one pass: read, update, round, write back
-      const bool stochastic = options_.momentum_state.rounding == StateRounding::stochastic;
-      b.transform_indexed(u,
-                          detail::MomentumBf16<T>{s.momentum.bits(), static_cast<T>(1.0 - options_.momentum), beta,
-                                                  options_.nesterov, stochastic,
-                                                  stochastic ? detail::rounding_stream(entries_[s.id].info.name, "momentum", steps_taken_ + 1) : 0},
-                          backend::MatrixView<const T>(g));
+      detail::with_rounding(options_.momentum_state.rounding, [&](auto stochastic_tag) {
+        constexpr bool stochastic = decltype(stochastic_tag)::value;
+        const std::uint64_t stream =
+            stochastic ? detail::rounding_stream(entries_[s.id].info.name, "momentum", steps_taken_ + 1) : 0;
+        b.transform_indexed(u,
+                            detail::MomentumBf16<T, stochastic>{s.momentum.bits(), static_cast<T>(1.0 - options_.momentum),
+                                                                beta, options_.nesterov, stream},
+                            backend::MatrixView<const T>(g));
+      });
       return;
     }
     backend::MatrixView<T> m{s.momentum.data(), s.w.batch, s.w.rows, s.w.cols};

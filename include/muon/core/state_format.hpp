@@ -43,12 +43,14 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <type_traits>
 
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
+#include "muon/core/functors.hpp"
 #include "muon/core/low_precision.hpp"
 
 namespace muon {
@@ -103,7 +105,7 @@ MUON_HOST_DEVICE inline std::uint32_t random16(std::uint64_t stream, std::uint64
 // stay what they are. Without branches (selects only), so that the loops calling it vectorize;
 // the random bits are computed either way and used only when stochastic.
 template <class V>
-MUON_HOST_DEVICE std::uint16_t encode_state_bf16(V v, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+MUON_HOST_DEVICE inline std::uint16_t encode_state_bf16(V v, bool stochastic, std::uint64_t stream, std::uint64_t k) {
   V c = v;
   if constexpr (sizeof(V) > sizeof(float)) {  // a double beyond float's range: clamp before the cast
     const V m = V(3.4028234663852886e38);
@@ -121,40 +123,74 @@ MUON_HOST_DEVICE std::uint16_t encode_state_bf16(V v, bool stochastic, std::uint
   return static_cast<std::uint16_t>(sign | kept);
 }
 
+// |x| as an unsigned integer of x's width: ordered as |x| is for every non-NaN x, so a block's
+// largest magnitude is an integer maximum, which compilers vectorize (a float maximum under IEEE
+// rules they do not).
+template <class T>
+using magnitude_bits_t = std::conditional_t<sizeof(T) == sizeof(std::uint32_t), std::uint32_t, std::uint64_t>;
+template <class T>
+MUON_HOST_DEVICE inline magnitude_bits_t<T> magnitude_bits(T x) {
+  return std::bit_cast<magnitude_bits_t<T>>(x) & (~magnitude_bits_t<T>(0) >> 1);
+}
+template <class T>
+MUON_HOST_DEVICE inline T from_magnitude_bits(magnitude_bits_t<T> bits) {
+  return std::bit_cast<T>(bits);
+}
+
 // ---- The q8 code (closed form on host and device, in value_type, without branches) ----
 // The code index for y = 127 sqrt(|x| / scale) (signed) or 255 (v / scale)^(1/4): floor(y + u)
 // with u = 1/2 (nearest, ties up) or uniform in [0, 1) (stochastic: up with probability frac(y)).
 template <class T>
-MUON_HOST_DEVICE T q8_offset(bool stochastic, std::uint64_t stream, std::uint64_t k) {
+MUON_HOST_DEVICE inline T q8_offset(bool stochastic, std::uint64_t stream, std::uint64_t k) {
   return stochastic ? static_cast<T>(random16(stream, k)) * T(1.0 / 65536.0) : T(0.5);
 }
 template <class T>
-MUON_HOST_DEVICE T q8_decode_signed(std::int8_t q, T scale) {
+MUON_HOST_DEVICE inline T q8_decode_signed(std::int8_t q, T scale) {
   const T r = static_cast<T>(q);
-  return scale * ((q < 0 ? -r * r : r * r) / T(127 * 127));  // a division: code 127 decodes to exactly 1
+  return scale * ((r * std::fabs(r)) / T(127 * 127));  // a division: code 127 decodes to exactly 1
 }
 // `scale` is the block's largest magnitude (0: everything encodes to 0). A division, not a
 // reciprocal: the largest value must give exactly 1, subnormal scales included.
+// Written without a data-dependent select (integer min, masks, and +-1 factors instead): a
+// compiler turns selects into branches, threads the square roots into them, and then cannot
+// vectorize the loop (a square root may not be speculated).
 template <class T>
-MUON_HOST_DEVICE std::int8_t q8_encode_signed(T x, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
-  T r = scale > T(0) ? (x < T(0) ? -x : x) / scale : T(0);
-  r = r >= T(0) ? (r < T(1) ? r : T(1)) : T(0);  // [0, 1]; a NaN (never expected) encodes as 0
-  const int q = static_cast<int>(T(127) * std::sqrt(r) + q8_offset<T>(stochastic, stream, k));
-  const int c = q > 127 ? 127 : q;
-  return static_cast<std::int8_t>(x < T(0) ? -c : c);
+MUON_HOST_DEVICE inline T q8_unit(T magnitude, T scale) {
+  // magnitude / scale clamped to [0, 1] (0 for a zero scale, and for a NaN, which is never
+  // expected), clamped on the bits: for non-negative values they are ordered as the values.
+  using Bits = magnitude_bits_t<T>;
+  const Bits r = magnitude_bits(magnitude / (scale > T(0) ? scale : T(1)));
+  const Bits one = std::bit_cast<Bits>(T(1)), inf = std::bit_cast<Bits>(std::numeric_limits<T>::infinity());
+  const Bits keep = Bits(0) - static_cast<Bits>((r <= inf) & (scale > T(0)));  // all ones, or 0
+  return std::bit_cast<T>((r < one ? r : one) & keep);
 }
 template <class T>
-MUON_HOST_DEVICE T q8_decode_unsigned(std::uint8_t q, T scale) {
+MUON_HOST_DEVICE inline std::int8_t q8_encode_signed(T x, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  const T r = q8_unit(x < T(0) ? -x : x, scale);
+  const int q = static_cast<int>(T(127) * std::sqrt(r) + q8_offset<T>(stochastic, stream, k));
+  const int c = q < 127 ? q : 127;
+  return static_cast<std::int8_t>(c * (1 - 2 * static_cast<int>(x < T(0))));
+}
+template <class T>
+MUON_HOST_DEVICE inline T q8_decode_unsigned(std::uint8_t q, T scale) {
   const T r = static_cast<T>(q) / T(255);  // exactly 1 for code 255
   return scale * (r * r) * (r * r);
 }
 template <class T>
-MUON_HOST_DEVICE std::uint8_t q8_encode_unsigned(T v, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
-  T r = scale > T(0) ? v / scale : T(0);
-  r = r >= T(0) ? (r < T(1) ? r : T(1)) : T(0);  // [0, 1]; a NaN (never expected) encodes as 0
+MUON_HOST_DEVICE inline std::uint8_t q8_encode_unsigned(T v, T scale, bool stochastic, std::uint64_t stream, std::uint64_t k) {
+  const T r = q8_unit(v, scale);
   const int q = static_cast<int>(T(255) * std::sqrt(std::sqrt(r)) + q8_offset<T>(stochastic, stream, k));
-  const int c = q > 255 ? 255 : q;
-  return static_cast<std::uint8_t>(v > T(0) && scale > T(0) && c < 1 ? 1 : c);  // nonzero v stays nonzero
+  const int c = q < 255 ? q : 255;
+  const bool nonzero = (v > T(0)) & (scale > T(0));  // both evaluated: no short-circuit
+  return static_cast<std::uint8_t>(c + static_cast<int>(nonzero & (c == 0)));  // nonzero v stays nonzero
+}
+
+// Calls f(std::true_type{}) for stochastic rounding and f(std::false_type{}) for nearest even.
+// The update functors take the rounding as a template argument: a nearest-even loop then holds
+// no random-bit hashing and vectorizes.
+template <class F>
+decltype(auto) with_rounding(StateRounding rounding, F&& f) {
+  return rounding == StateRounding::stochastic ? f(std::true_type{}) : f(std::false_type{});
 }
 
 }  // namespace detail

@@ -89,28 +89,28 @@ class AdamW {
     const T beta2 = static_cast<T>(options_.beta2);
     const Update<T> update{fn::saturate_cast<T>(1.0 - rates.lr * rates.weight_decay), fn::saturate_cast<T>(rates.lr / bias1),
                            static_cast<T>(std::sqrt(bias2)), static_cast<T>(options_.eps)};
-    if (s.exp_avg.format() == StateFormat::q8) {  // one call: a block per index (scales as the output)
-      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
-      const backend::MatrixView<T> scales{s.exp_avg.scales(), 1, 1, static_cast<index_t>(s.exp_avg.blocks())};
-      b.transform_indexed(scales,
-                          UpdateQ8<T>{w.data, g.data, reinterpret_cast<std::int8_t*>(s.exp_avg.codes()), s.exp_avg_sq.codes(),
-                                      s.exp_avg_sq.scales(), w.size(), static_cast<index_t>(s.exp_avg.block()),
-                                      static_cast<T>(1.0 - options_.beta1),
-                                      EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, update, stochastic,
-                                      stochastic ? detail::rounding_stream(s.name, "exp_avg", t) : 0,
-                                      stochastic ? detail::rounding_stream(s.name, "exp_avg_sq", t) : 0},
-                          backend::MatrixView<const T>(scales));
-      s.step = t;
-      return;
-    }
-    if (s.exp_avg.format() == StateFormat::bf16) {
-      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
-      b.transform_indexed(w.flat(),
-                          UpdateBf16<T>{s.exp_avg.bits(), s.exp_avg_sq.bits(), static_cast<T>(1.0 - options_.beta1),
-                                        EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, update, stochastic,
-                                        stochastic ? detail::rounding_stream(s.name, "exp_avg", t) : 0,
-                                        stochastic ? detail::rounding_stream(s.name, "exp_avg_sq", t) : 0},
-                          backend::MatrixView<const T>(w.flat()), g.flat());
+    const T one_minus_beta1 = static_cast<T>(1.0 - options_.beta1);
+    const EmaSquare<T> ema_square{beta2, static_cast<T>(1.0 - options_.beta2)};
+    if (s.exp_avg.format() != StateFormat::full) {
+      detail::with_rounding(options_.state.rounding, [&](auto stochastic_tag) {
+        constexpr bool stochastic = decltype(stochastic_tag)::value;
+        const std::uint64_t stream_m = stochastic ? detail::rounding_stream(s.name, "exp_avg", t) : 0;
+        const std::uint64_t stream_v = stochastic ? detail::rounding_stream(s.name, "exp_avg_sq", t) : 0;
+        if (s.exp_avg.format() == StateFormat::q8) {  // one call: a block per index (scales as the output)
+          const backend::MatrixView<T> scales{s.exp_avg.scales(), 1, 1, static_cast<index_t>(s.exp_avg.blocks())};
+          b.transform_indexed(scales,
+                              UpdateQ8<T, stochastic>{w.data, g.data, reinterpret_cast<std::int8_t*>(s.exp_avg.codes()),
+                                                      s.exp_avg_sq.codes(), s.exp_avg_sq.scales(), w.size(),
+                                                      static_cast<index_t>(s.exp_avg.block()), one_minus_beta1,
+                                                      ema_square, update, stream_m, stream_v},
+                              backend::MatrixView<const T>(scales));
+        } else {
+          b.transform_indexed(w.flat(),
+                              UpdateBf16<T, stochastic>{s.exp_avg.bits(), s.exp_avg_sq.bits(), one_minus_beta1,
+                                                        ema_square, update, stream_m, stream_v},
+                              backend::MatrixView<const T>(w.flat()), g.flat());
+        }
+      });
       s.step = t;
       return;
     }
@@ -119,8 +119,8 @@ class AdamW {
     const auto wf = w.flat();
     const auto gf = g.flat();
     // Same operation order as torch's single-tensor AdamW (m.lerp_, v.mul_.addcmul_, addcdiv_).
-    b.transform(m, fn::Lerp<T>{static_cast<T>(1.0 - options_.beta1)}, m, gf);
-    b.transform(v, EmaSquare<T>{beta2, static_cast<T>(1.0 - options_.beta2)}, v, gf);
+    b.transform(m, fn::Lerp<T>{one_minus_beta1}, m, gf);
+    b.transform(v, ema_square, v, gf);
     b.transform(wf, update, wf, m, v);
     s.step = t;
   }
@@ -148,8 +148,9 @@ class AdamW {
   // Both moments in q8, one block per call (the index is the block, the value its old exp_avg
   // scale, the result its new one): the first loop finds the new moments' block maxima, the
   // second recomputes them (from the codes not yet overwritten), stores their codes and applies
-  // the update with the stored values.
-  template <class T>
+  // the update with the stored values. Stochastic rounding is a template argument, so that the
+  // nearest-even loops carry no hashing.
+  template <class T, bool Stochastic>
   struct UpdateQ8 {
     T* p;
     const T* g;
@@ -160,49 +161,58 @@ class AdamW {
     T one_minus_beta1;
     EmaSquare<T> ema_square;
     Update<T> update;
-    bool stochastic;
     std::uint64_t stream_m, stream_v;
     MUON_HOST_DEVICE T operator()(index_t s, T m_scale) const {
+      // Fields in locals: a store through a byte pointer may alias this functor, so a compiler
+      // would reload every field after every code it stores, and not vectorize the loop.
+      T* const param = p;
+      const T* const grad = g;
+      std::int8_t* const m_codes = m;
+      std::uint8_t* const v_codes = v;
+      const fn::Lerp<T> ema_m{one_minus_beta1};
+      const EmaSquare<T> ema_v = ema_square;
+      const Update<T> step = update;
+      const std::uint64_t sm = stream_m, sv = stream_v;
       const index_t lo = s * block, hi = lo + block < n ? lo + block : n;
       const T v_scale = v_scales[s];
-      T m_max = T(0), v_max = T(0);
+      detail::magnitude_bits_t<T> m_top = 0, v_top = 0;
       for (index_t i = lo; i < hi; ++i) {
-        const T mi = fn::Lerp<T>{one_minus_beta1}(detail::q8_decode_signed(m[i], m_scale), g[i]);
-        const T vi = ema_square(detail::q8_decode_unsigned(v[i], v_scale), g[i]);
-        m_max = (mi < T(0) ? -mi : mi) > m_max ? (mi < T(0) ? -mi : mi) : m_max;
-        v_max = vi > v_max ? vi : v_max;
+        const auto mb = detail::magnitude_bits(ema_m(detail::q8_decode_signed(m_codes[i], m_scale), grad[i]));
+        const auto vb = detail::magnitude_bits(ema_v(detail::q8_decode_unsigned(v_codes[i], v_scale), grad[i]));
+        m_top = mb > m_top ? mb : m_top;
+        v_top = vb > v_top ? vb : v_top;
       }
+      const T m_max = detail::from_magnitude_bits<T>(m_top), v_max = detail::from_magnitude_bits<T>(v_top);
       MUON_INDEPENDENT_ITERATIONS
       for (index_t i = lo; i < hi; ++i) {
-        const T mi = fn::Lerp<T>{one_minus_beta1}(detail::q8_decode_signed(m[i], m_scale), g[i]);
-        const T vi = ema_square(detail::q8_decode_unsigned(v[i], v_scale), g[i]);
+        const T mi = ema_m(detail::q8_decode_signed(m_codes[i], m_scale), grad[i]);
+        const T vi = ema_v(detail::q8_decode_unsigned(v_codes[i], v_scale), grad[i]);
         const auto k = static_cast<std::uint64_t>(i);
-        const std::int8_t mq = detail::q8_encode_signed(mi, m_max, stochastic, stream_m, k);
-        const std::uint8_t vq = detail::q8_encode_unsigned(vi, v_max, stochastic, stream_v, k);
-        m[i] = mq;
-        v[i] = vq;
-        p[i] = update(p[i], detail::q8_decode_signed(mq, m_max), detail::q8_decode_unsigned(vq, v_max));
+        const std::int8_t mq = detail::q8_encode_signed(mi, m_max, Stochastic, sm, k);
+        const std::uint8_t vq = detail::q8_encode_unsigned(vi, v_max, Stochastic, sv, k);
+        m_codes[i] = mq;
+        v_codes[i] = vq;
+        param[i] = step(param[i], detail::q8_decode_signed(mq, m_max), detail::q8_decode_unsigned(vq, v_max));
       }
       v_scales[s] = v_max;
       return m_max;
     }
   };
   // Both moments in bf16: read, update in T, store rounded, apply with the stored values.
-  template <class T>
+  template <class T, bool Stochastic>
   struct UpdateBf16 {
     std::uint16_t* m;
     std::uint16_t* v;
     T one_minus_beta1;
     EmaSquare<T> ema_square;
     Update<T> update;
-    bool stochastic;
     std::uint64_t stream_m, stream_v;
     MUON_HOST_DEVICE T operator()(index_t k, T p, T g) const {
       const auto i = static_cast<std::uint64_t>(k);
       const std::uint16_t mb = detail::encode_state_bf16(
-          fn::Lerp<T>{one_minus_beta1}(static_cast<T>(detail::bf16_to_float(m[k])), g), stochastic, stream_m, i);
+          fn::Lerp<T>{one_minus_beta1}(static_cast<T>(detail::bf16_to_float(m[k])), g), Stochastic, stream_m, i);
       const std::uint16_t vb =
-          detail::encode_state_bf16(ema_square(static_cast<T>(detail::bf16_to_float(v[k])), g), stochastic, stream_v, i);
+          detail::encode_state_bf16(ema_square(static_cast<T>(detail::bf16_to_float(v[k])), g), Stochastic, stream_v, i);
       m[k] = mb;
       v[k] = vb;
       return update(p, static_cast<T>(detail::bf16_to_float(mb)), static_cast<T>(detail::bf16_to_float(vb)));

@@ -79,23 +79,22 @@ class Lion {
     const Ema<T> ema{static_cast<T>(options_.beta2), static_cast<T>(1.0 - options_.beta2)};
     const auto wf = w.flat();
     const auto gf = g.flat();
-    if (s.exp_avg.format() == StateFormat::q8) {  // one call: a block per index (scales as the output)
-      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
-      const backend::MatrixView<T> scales{s.exp_avg.scales(), 1, 1, static_cast<index_t>(s.exp_avg.blocks())};
-      b.transform_indexed(scales,
-                          UpdateQ8<T>{w.data, g.data, reinterpret_cast<std::int8_t*>(s.exp_avg.codes()), w.size(),
-                                      static_cast<index_t>(s.exp_avg.block()), update, ema, stochastic,
-                                      stochastic ? detail::rounding_stream(s.name, "exp_avg", s.step + 1) : 0},
-                          backend::MatrixView<const T>(scales));
-      s.step += 1;
-      return;
-    }
-    if (s.exp_avg.format() == StateFormat::bf16) {
-      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
-      b.transform_indexed(wf,
-                          UpdateBf16<T>{s.exp_avg.bits(), update, ema, stochastic,
-                                        stochastic ? detail::rounding_stream(s.name, "exp_avg", s.step + 1) : 0},
-                          backend::MatrixView<const T>(wf), gf);
+    if (s.exp_avg.format() != StateFormat::full) {
+      detail::with_rounding(options_.state.rounding, [&](auto stochastic_tag) {
+        constexpr bool stochastic = decltype(stochastic_tag)::value;
+        const std::uint64_t stream = stochastic ? detail::rounding_stream(s.name, "exp_avg", s.step + 1) : 0;
+        if (s.exp_avg.format() == StateFormat::q8) {  // one call: a block per index (scales as the output)
+          const backend::MatrixView<T> scales{s.exp_avg.scales(), 1, 1, static_cast<index_t>(s.exp_avg.blocks())};
+          b.transform_indexed(scales,
+                              UpdateQ8<T, stochastic>{w.data, g.data, reinterpret_cast<std::int8_t*>(s.exp_avg.codes()),
+                                                      w.size(), static_cast<index_t>(s.exp_avg.block()), update, ema,
+                                                      stream},
+                              backend::MatrixView<const T>(scales));
+        } else {
+          b.transform_indexed(wf, UpdateBf16<T, stochastic>{s.exp_avg.bits(), update, ema, stream},
+                              backend::MatrixView<const T>(wf), gf);
+        }
+      });
       s.step += 1;
       return;
     }
@@ -138,8 +137,9 @@ class Lion {
 
   // The momentum in q8, one block per call (index: the block; value: its old scale; result: the
   // new one). The parameter moves with the stored momentum from before this step; the new
-  // momentum's block maximum is found first, then its codes are stored.
-  template <class T>
+  // momentum's block maximum is found first, then its codes are stored. Stochastic rounding is
+  // a template argument, so that the nearest-even loops carry no hashing.
+  template <class T, bool Stochastic>
   struct UpdateQ8 {
     T* p;
     const T* g;
@@ -147,36 +147,43 @@ class Lion {
     index_t n, block;
     Update<T> update;
     Ema<T> ema;
-    bool stochastic;
     std::uint64_t stream;
     MUON_HOST_DEVICE T operator()(index_t s, T scale) const {
+      // Fields in locals: a store through a byte pointer may alias this functor, so a compiler
+      // would reload every field after every code it stores, and not vectorize the loop.
+      T* const param = p;
+      const T* const grad = g;
+      std::int8_t* const codes = m;
+      const Update<T> step = update;
+      const Ema<T> next = ema;
+      const std::uint64_t sm = stream;
       const index_t lo = s * block, hi = lo + block < n ? lo + block : n;
-      T next_max = T(0);
+      detail::magnitude_bits_t<T> top = 0;
       for (index_t i = lo; i < hi; ++i) {
-        const T mi = ema(detail::q8_decode_signed(m[i], scale), g[i]);
-        next_max = (mi < T(0) ? -mi : mi) > next_max ? (mi < T(0) ? -mi : mi) : next_max;
+        const auto bits = detail::magnitude_bits(next(detail::q8_decode_signed(codes[i], scale), grad[i]));
+        top = bits > top ? bits : top;
       }
+      const T next_max = detail::from_magnitude_bits<T>(top);
       MUON_INDEPENDENT_ITERATIONS
       for (index_t i = lo; i < hi; ++i) {
-        const T old = detail::q8_decode_signed(m[i], scale);
-        p[i] = update(p[i], old, g[i]);
-        m[i] = detail::q8_encode_signed(ema(old, g[i]), next_max, stochastic, stream, static_cast<std::uint64_t>(i));
+        const T old = detail::q8_decode_signed(codes[i], scale);
+        param[i] = step(param[i], old, grad[i]);
+        codes[i] = detail::q8_encode_signed(next(old, grad[i]), next_max, Stochastic, sm, static_cast<std::uint64_t>(i));
       }
       return next_max;
     }
   };
   // The momentum in bf16: the parameter moves with the stored momentum from before this step,
   // then the new momentum is stored rounded (both in one pass).
-  template <class T>
+  template <class T, bool Stochastic>
   struct UpdateBf16 {
     std::uint16_t* m;
     Update<T> update;
     Ema<T> ema;
-    bool stochastic;
     std::uint64_t stream;
     MUON_HOST_DEVICE T operator()(index_t k, T p, T g) const {
       const T old = static_cast<T>(detail::bf16_to_float(m[k]));
-      m[k] = detail::encode_state_bf16(ema(old, g), stochastic, stream, static_cast<std::uint64_t>(k));
+      m[k] = detail::encode_state_bf16(ema(old, g), Stochastic, stream, static_cast<std::uint64_t>(k));
       return update(p, old, g);
     }
   };

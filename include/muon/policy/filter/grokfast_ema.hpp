@@ -73,11 +73,13 @@ class GrokfastEMA {
     const Amplify<T> amplify{static_cast<T>(options_.lamb)};
     auto out = ws.take(g.batch, g.rows, g.cols);
     if (s.ema.format() == StateFormat::bf16) {  // one pass: read, update, store rounded, amplify
-      const bool stochastic = options_.state.rounding == StateRounding::stochastic;
-      b.transform_indexed(out.flat(),
-                          AmplifyBf16<T>{s.ema.bits(), update, amplify, stochastic,
-                                         stochastic ? detail::rounding_stream(s.name, "ema", s.steps + 1) : 0},
-                          gf);
+      detail::with_rounding(options_.state.rounding, [&](auto stochastic_tag) {
+        constexpr bool stochastic = decltype(stochastic_tag)::value;
+        b.transform_indexed(out.flat(),
+                            AmplifyBf16<T, stochastic>{s.ema.bits(), update, amplify,
+                                                       stochastic ? detail::rounding_stream(s.name, "ema", s.steps + 1) : 0},
+                            gf);
+      });
       s.steps += 1;
       return out;
     }
@@ -96,7 +98,7 @@ class GrokfastEMA {
   struct EmaUpdate {
     T alpha, one_minus_alpha;
     bool first;
-    MUON_HOST_DEVICE T operator()(T h, T g) const { return (first ? g : h) * alpha + g * one_minus_alpha; }
+    MUON_HOST_DEVICE T operator()(T h, T g) const { return fn::pick(first, g, h) * alpha + g * one_minus_alpha; }
   };
   // g' = g + h lamb, saturated: amplifying a gradient near the float maximum must not make it Inf.
   template <class T>
@@ -107,16 +109,15 @@ class GrokfastEMA {
   };
 
   // The average in bf16: updated in T, stored rounded, and the stored value amplifies g.
-  template <class T>
+  template <class T, bool Stochastic>
   struct AmplifyBf16 {
     std::uint16_t* h;
     EmaUpdate<T> update;
     Amplify<T> amplify;
-    bool stochastic;
     std::uint64_t stream;
     MUON_HOST_DEVICE T operator()(index_t k, T g) const {
       const std::uint16_t bits =
-          detail::encode_state_bf16(update(static_cast<T>(detail::bf16_to_float(h[k])), g), stochastic, stream,
+          detail::encode_state_bf16(update(static_cast<T>(detail::bf16_to_float(h[k])), g), Stochastic, stream,
                                     static_cast<std::uint64_t>(k));
       h[k] = bits;
       return amplify(g, static_cast<T>(detail::bf16_to_float(bits)));
