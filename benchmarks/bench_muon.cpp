@@ -599,6 +599,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("muon_variant", MUON_BENCH_VARIANT);
   benchmark::AddCustomContext("muon_compiler", MUON_BENCH_COMPILER);
   benchmark::AddCustomContext("muon_cxx_flags", MUON_BENCH_CXX_FLAGS);
+  benchmark::AddCustomContext("math_errno", muon::math_errno ? "on (square-root loops stay scalar)" : "off");
   benchmark::AddCustomContext("eigen_version", std::to_string(EIGEN_WORLD_VERSION) + "." +
                                                    std::to_string(EIGEN_MAJOR_VERSION) + "." +
                                                    std::to_string(EIGEN_MINOR_VERSION));

@@ -35,6 +35,8 @@
 //       bf16 momentum and 8-bit block-wise AdamW moments (core/state_format.hpp)
 //       bf16 on a CPU without bf16 dot products: the optimizer refuses it (muon::Error) and the
 //       case is skipped with that message.
+//   update/wte/<adamw|lion>/state:<full|bf16|q8>   one AdamW / Lion update of wte (38.6 M values)
+//       alone, one thread, its state in that format. Counters: ns_per_value, state_MB.
 //   gemm/f32/<op>/MxNxK   muon::backend::Eigen<float>::gemm alone, no thread pool set (one
 //       thread), the products of Newton-Schulz on a 768 x 3072 matrix. Counters: GFLOPS
 //       (2MNK / wall time), cpu_over_wall (about 1 when the product library kept to one thread).
@@ -257,6 +259,40 @@ void bm_step_gpt2(benchmark::State& st, muon::Precision precision, int threads, 
   st.counters["fallback_state_MB"] = static_cast<double>(memory.fallback_state_bytes) * 1e-6;
 }
 
+// ---- update/wte --------------------------------------------------------------------------------
+
+// One fallback update of GPT-2's token embedding (50257 x 768, the largest AdamW tensor of the
+// step) with its state in `format`, on one thread: the cost of each state format next to full.
+template <class Policy>
+void bm_update_wte(benchmark::State& st, muon::StateFormat format) {
+  typename Policy::Options options;
+  options.lr = 1e-3;
+  options.weight_decay = 0.01;
+  options.state.format = format;
+  Policy policy(options);
+  Backend b;
+  const auto n = static_cast<index_t>(kVocab) * kWidth;
+  std::vector<float> w = normal_values(static_cast<std::size_t>(n), 7, 0.02F);
+  const std::vector<float> g = normal_values(static_cast<std::size_t>(n), 8, 1e-3F);
+  const muon::ParamInfo info{"wte.weight", muon::Shape{kVocab, kWidth}, muon::Role::embedding};
+  auto state = policy.make_state(b, info);
+  const MatrixView<float> wv{w.data(), 1, kVocab, kWidth};
+  const MatrixView<const float> gv{g.data(), 1, kVocab, kWidth};
+  policy.apply(b, state, wv, gv);  // faults the state in
+  for (auto _ : st) {
+    const auto t0 = Clock::now();
+    policy.apply(b, state, wv, gv);
+    st.SetIterationTime(seconds_since(t0));
+    benchmark::DoNotOptimize(w.data());
+  }
+  st.counters["values"] = static_cast<double>(n);
+  st.counters["ns_per_value"] =
+      benchmark::Counter(static_cast<double>(n) * 1e-9, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  st.counters["state_MB"] = static_cast<double>(muon::StateBuffer<Backend>::storage_elements(
+                                static_cast<std::size_t>(n), options.state) * sizeof(float)) *
+                            (std::is_same_v<Policy, muon::policy::AdamW> ? 2e-6 : 1e-6);
+}
+
 // ---- gemm/f32 ---------------------------------------------------------------------------------
 
 // C (m x n) = op(A) (m x k) op(B) (k x n), row-major operands, through the backend's gemm.
@@ -351,6 +387,15 @@ void register_all_benchmarks() {
           ->UseManualTime()
           ->Unit(benchmark::kSecond)
           ->Iterations(g_step_iterations);
+  for (const auto& [label, format] : {std::pair{"full", muon::StateFormat::full}, std::pair{"bf16", muon::StateFormat::bf16},
+                                      std::pair{"q8", muon::StateFormat::q8}}) {
+    benchmark::RegisterBenchmark(("update/wte/adamw/state:" + std::string(label)).c_str(), bm_update_wte<muon::policy::AdamW>, format)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("update/wte/lion/state:" + std::string(label)).c_str(), bm_update_wte<muon::policy::Lion>, format)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+  }
   // The state formats side by side (fp32 products, every core): full, bf16 momentum + bf16
   // AdamW moments, bf16 momentum + 8-bit AdamW moments.
   for (const auto& [label, state] : {std::pair{"full", StateSet::full}, std::pair{"bf16", StateSet::bf16},
@@ -440,6 +485,7 @@ int main(int argc, char** argv) {
                                                    std::to_string(EIGEN_MAJOR_VERSION) + "." +
                                                    std::to_string(EIGEN_MINOR_VERSION));
   benchmark::AddCustomContext("eigen_simd", ::Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("math_errno", muon::math_errno ? "on (square-root loops stay scalar)" : "off");
   benchmark::AddCustomContext("product_library", product_library_name<Backend>());
   benchmark::AddCustomContext("product_libraries_linked", MUON_BENCH_PRODUCTS);
   benchmark::AddCustomContext("cpu_model", cpuinfo_field("model name"));

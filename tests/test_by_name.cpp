@@ -278,3 +278,46 @@ TEST_CASE("by name: max logits are refused where QK-Clip cannot take them", "[by
   auto weight = build("muon_clip", "constraint.mode=weight_norm");
   CHECK_THROWS_WITH(weight->set_max_logits("q", s), Catch::Contains("'q'") && Catch::Contains("weight_norm"));
 }
+
+TEST_CASE("by name: state formats for the momentum, the Grokfast average and the fallback's moments",
+          "[by_name][state_format]") {
+  Eigen::MatrixXf w1 = Eigen::MatrixXf::Random(8, 16), g = Eigen::MatrixXf::Random(8, 16);
+  Eigen::VectorXf b1 = Eigen::VectorXf::Random(40), gb = Eigen::VectorXf::Random(40);
+  Eigen::MatrixXf w2 = w1;
+  Eigen::VectorXf b2 = b1;
+  auto handle = muon::make_optimizer<B>(
+      "muon_grokfast", muon::parse_config("momentum_state.format=bf16, momentum_state.rounding=stochastic, "
+                                          "filter.state.format=bf16, fallback.state.format=q8, fallback.state.block=32"));
+  muon::MuonGrokfast<B> direct({.momentum_state = {muon::StateFormat::bf16, muon::StateRounding::stochastic},
+                                .filter = {.state = {muon::StateFormat::bf16}},
+                                .fallback = {.state = {muon::StateFormat::q8, muon::StateRounding::nearest_even, 32}}});
+  handle->add("w", w1, g);
+  handle->add("b", b1, gb, {.role = muon::Role::bias});
+  direct.add("w", w2, g);
+  direct.add("b", b2, gb, {.role = muon::Role::bias});
+  for (int i = 0; i < 3; ++i) {
+    handle->step();
+    direct.step();
+  }
+  CHECK(w1 == w2);
+  CHECK(b1 == b2);
+  std::ostringstream report;
+  report << handle->routing_report();
+  CHECK_THAT(report.str(), Catch::Contains("momentum bf16") && Catch::Contains("q8/32"));
+  // One-optimizer names take the fallback's state without the prefix too.
+  auto lion = muon::make_optimizer<B>("lion", muon::parse_config("state.format=bf16"));
+  Eigen::VectorXf b3 = b1;
+  lion->add("b", b3, gb);
+  CHECK_NOTHROW(lion->step());
+  // Formats an item cannot take, unknown ones, and a q8 block out of range are refused by name.
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("momentum_state.format=q8")),
+                    Catch::Contains("option 'momentum_state.format': 'q8' is not one of full, bf16"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("fallback.state.format=q4")),
+                    Catch::Contains("'q4' is not one of full, bf16, q8"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("fallback.state.block=8")),
+                    Catch::Contains("block"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("fallback.state.block=-1")),
+                    Catch::Contains("must be >= 0"));
+  CHECK_THROWS_WITH(muon::make_optimizer<B>("muon", muon::parse_config("fallback.state.rounding=up")),
+                    Catch::Contains("'up' is not one of nearest_even, stochastic"));
+}

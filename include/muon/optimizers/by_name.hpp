@@ -18,7 +18,9 @@
 // fallback.lr / .beta1 / .beta2 / .eps / .weight_decay (AdamW), .momentum / .dampening /
 // .nesterov (SGD), schedule = constant | warmup_cosine with schedule.warmup_steps /
 // .total_steps / .min_lr_ratio, loss_scaling, threads, orthogonalizer.precision = full | bf16,
-// modular.depth / .shape. For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
+// modular.depth / .shape, and the state formats (core/state_format.hpp): momentum_state.format
+// = full | bf16 and .rounding = nearest_even | stochastic, filter.state.format / .rounding
+// (Grokfast EMA), fallback.state.format = full | bf16 | q8 / .rounding / .block (AdamW, Lion). For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
 // fields are accepted without the prefix too (lr=1e-3). An unknown name or field, or a value that does not parse, throws muon::Error
 // that says which, and lists what is accepted.
 //
@@ -145,6 +147,13 @@ class Fields {
   void add(std::string name, index_t& v) {
     bind(std::move(name), &v, [&v](const std::string& f, const std::string& text) { v = parse_integer(f, text); });
   }
+  void add(std::string name, std::size_t& v) {
+    bind(std::move(name), &v, [&v](const std::string& f, const std::string& text) {
+      const index_t x = parse_integer(f, text);
+      if (x < 0) detail::fail("option '" + f + "': " + detail::shown_value(text) + " must be >= 0");
+      v = static_cast<std::size_t>(x);
+    });
+  }
   void add(std::string name, bool& v) {
     bind(std::move(name), &v, [&v](const std::string& f, const std::string& text) {
       if (text == "true" || text == "1" || text == "on") v = true;
@@ -214,10 +223,22 @@ class Fields {
   std::map<std::string, Setter, std::less<>> setters_;
 };
 
+// A state item's storage (core/state_format.hpp): <prefix>format = full | bf16 (| q8 where the
+// item takes it), <prefix>rounding = nearest_even | stochastic, and <prefix>block for q8.
+inline void bind_state(Fields& f, const std::string& prefix, StateStorage& s, bool allow_q8) {
+  std::vector<std::pair<std::string, StateFormat>> formats{{"full", StateFormat::full}, {"bf16", StateFormat::bf16}};
+  if (allow_q8) formats.emplace_back("q8", StateFormat::q8);
+  f.add_enum(prefix + "format", s.format, std::move(formats));
+  f.add_enum(prefix + "rounding", s.rounding,
+             {{"nearest_even", StateRounding::nearest_even}, {"stochastic", StateRounding::stochastic}});
+  if (allow_q8) f.add(prefix + "block", s.block);
+}
+
 inline void bind(Fields&, policy::NoFilter::Options&) {}
 inline void bind(Fields& f, policy::GrokfastEMA::Options& o) {
   f.add("filter.alpha", o.alpha);
   f.add("filter.lamb", o.lamb);
+  bind_state(f, "filter.state.", o.state, false);
 }
 inline void bind(Fields& f, policy::ShapeRoleRouter::Options& o) {
   f.add("router.min_dim", o.min_dim);
@@ -272,6 +293,7 @@ inline void bind(Fields& f, policy::AdamW::Options& o, const std::string& p = "f
   f.add(p + "beta2", o.beta2);
   f.add(p + "eps", o.eps);
   f.add(p + "weight_decay", o.weight_decay);
+  bind_state(f, p + "state.", o.state, true);
 }
 inline void bind(Fields& f, policy::SGD::Options& o, const std::string& p = "fallback.") {
   f.add(p + "lr", o.lr);
@@ -285,6 +307,7 @@ inline void bind(Fields& f, policy::Lion::Options& o, const std::string& p = "fa
   f.add(p + "beta1", o.beta1);
   f.add(p + "beta2", o.beta2);
   f.add(p + "weight_decay", o.weight_decay);
+  bind_state(f, p + "state.", o.state, true);
 }
 
 enum class ScheduleKind { constant, warmup_cosine };
@@ -313,6 +336,7 @@ typename Opt::Options options_from(const Config& config, const std::string& kind
     f.add("enable_constraint", o.enable_constraint);
     f.add("modular.depth", o.modular.depth);
     f.add("modular.shape", o.modular.shape);
+    bind_state(f, "momentum_state.", o.momentum_state, false);
     bind(f, o.router);
     bind(f, o.orthogonalizer);
     bind(f, o.constraint);
