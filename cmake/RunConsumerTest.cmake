@@ -4,7 +4,7 @@
 #         -DMUON_SOURCE_DIR=... -DMUON_BINARY_DIR=... -DCONSUMER_SOURCE_DIR=...
 #         -DWORK_DIR=... -DEXPECTED_VERSION=... -DGENERATOR=... -DCXX_COMPILER=...
 #         [-DCONFIG=...] [-DGENERATOR_PLATFORM=...] [-DGENERATOR_TOOLSET=...]
-#         [-DMAKE_PROGRAM=...] [-DEIGEN3_DIR=...]
+#         [-DMAKE_PROGRAM=...] [-DEIGEN3_DIR=...] [-DEXPECTED_MATH_ERRNO=on|off]
 #         -P RunConsumerTest.cmake
 #
 # install:      cmake --install MUON_BINARY_DIR into WORK_DIR/prefix, then configure
@@ -112,5 +112,9 @@ run(run "${exe}")
 message("${step_output}")
 if(NOT step_output MATCHES "muon ${EXPECTED_VERSION}")
   message(FATAL_ERROR "RunConsumerTest(${MODE}): expected 'muon ${EXPECTED_VERSION}' in the output")
+endif()
+# muon::muon carries -fno-math-errno to its consumers (option MUON_NO_MATH_ERRNO, GCC and Clang).
+if(DEFINED EXPECTED_MATH_ERRNO AND NOT step_output MATCHES "math errno: ${EXPECTED_MATH_ERRNO}")
+  message(FATAL_ERROR "RunConsumerTest(${MODE}): expected 'math errno: ${EXPECTED_MATH_ERRNO}' in the output")
 endif()
 message(STATUS "RunConsumerTest(${MODE}): OK")

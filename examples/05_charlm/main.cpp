@@ -221,6 +221,7 @@ struct RunResult {
   // Wall-clock rates, and steps per CPU-second of this (single-threaded) process: on a shared
   // machine the second is what one dedicated core would do, the first depends on the load.
   double steps_per_second = 0, steps_per_cpu_second = 0, optimizer_ms = 0;
+  std::size_t state_bytes = 0;  // the optimizer's state after the run (memory_report())
   long clipped_heads = 0, steps_without_logits = 0;
   std::vector<std::pair<int, double>> heldout_curve;  // (step, held-out bpb)
   std::string steps_csv, eval_csv;
@@ -340,6 +341,7 @@ RunResult train(const RunSpec& spec, const Text& text, const std::string& out_di
   r.steps_per_second = r.steps / step_seconds;
   r.steps_per_cpu_second = r.steps / step_cpu_seconds;
   r.optimizer_ms = 1e3 * opt_seconds / r.steps;
+  r.state_bytes = opt->memory_report().state_bytes();
   char status[160];
   if (spec.target_bpb > 0)
     std::snprintf(status, sizeof status, "train bpb %.3f (%s)", r.train_bpb,
@@ -725,11 +727,12 @@ int run_train(const Common& c, const TrainSettings& s) {
   const RunResult r = train(spec, c.text, c.out);
   std::printf("\n%s: %d steps, held-out %.4f bpb (best %.4f at step %d), training windows %.4f bpb, batch loss %.3f -> "
               "%.3f bpb\n"
-              "max |g| %.3g, max attention logit %.2f, %.1f steps per CPU-second, %.1f steps/s wall (optimizer %.2f ms/step)%s\n",
+              "max |g| %.3g, max attention logit %.2f, %.1f steps per CPU-second, %.1f steps/s wall (optimizer %.2f ms/step)%s\n"
+              "optimizer state %zu bytes\n",
               s.optimizer.c_str(), r.steps, r.heldout_bpb, r.best_heldout_bpb, r.best_heldout_step, r.train_bpb,
               r.first_loss_bpb, r.last_loss_bpb,
               r.max_grad_norm, r.max_logit, r.steps_per_cpu_second, r.steps_per_second, r.optimizer_ms,
-              has_qk_clip(s.optimizer) ? format(", %ld heads clipped", r.clipped_heads).c_str() : "");
+              has_qk_clip(s.optimizer) ? format(", %ld heads clipped", r.clipped_heads).c_str() : "", r.state_bytes);
   plot(c.plots + "/charlm_train_" + s.optimizer + ".png", s.optimizer + ": bits per byte", "bits per byte", false,
        {{r.eval_csv, "step", "train_bpb", "training windows"}, {r.eval_csv, "step", "heldout_bpb", "held-out tail"}});
   const bool ok = r.finite && r.last_loss_bpb < r.first_loss_bpb;

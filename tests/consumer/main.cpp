@@ -32,6 +32,7 @@ int main() {
   opt.add("b", b, gb, {.role = muon::Role::bias});
   const Eigen::MatrixXf w0 = w;
   const auto result = opt.step();
+  std::cout << "math errno: " << (muon::math_errno ? "on" : "off") << "\n";
   std::cout << "muon " << muon::version_string << ": step " << result.step << ", |dW| = " << (w - w0).norm()
             << "\n"
             << opt.routing_report();
