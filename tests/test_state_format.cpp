@@ -408,7 +408,7 @@ TEMPLATE_TEST_CASE("q8 AdamW and Lion moments follow the written-out block rule 
       for (std::size_t i = lo_i; i < hi; ++i) {
         m[i] = q8_encode_signed(mn[i - lo_i], mmax, false, 0, 0);
         v[i] = q8_encode_unsigned(vn[i - lo_i], vmax, false, 0, 0);
-        p_ref[i] = update(p_ref[i], q8_decode_signed(m[i], mmax), q8_decode_unsigned(v[i], vmax));
+        p_ref[i] = update(p_ref[i], mn[i - lo_i], vn[i - lo_i]);  // the new moments before quantization
         q_ref[i] = lupdate(q_ref[i], q8_decode_signed(lm[i], ls[s]), gq[i]);
         lm[i] = q8_encode_signed(ln[i - lo_i], lmax, false, 0, 0);
       }

@@ -151,7 +151,7 @@ MUON_HOST_DEVICE inline T q8_decode_signed(std::int8_t q, T scale) {
 }
 // `scale` is the block's largest magnitude (0: everything encodes to 0). A division, not a
 // reciprocal: the largest value must give exactly 1, subnormal scales included.
-// Written without a data-dependent select (integer min, masks, and +-1 factors instead): a
+// Written without a data-dependent select (integer min, masks, and a two's-complement negation): a
 // compiler turns selects into branches, threads the square roots into them, and then cannot
 // vectorize the loop (a square root may not be speculated).
 template <class T>
@@ -169,7 +169,8 @@ MUON_HOST_DEVICE inline std::int8_t q8_encode_signed(T x, T scale, bool stochast
   const T r = q8_unit(x < T(0) ? -x : x, scale);
   const int q = static_cast<int>(T(127) * std::sqrt(r) + q8_offset<T>(stochastic, stream, k));
   const int c = q < 127 ? q : 127;
-  return static_cast<std::int8_t>(c * (1 - 2 * static_cast<int>(x < T(0))));
+  const int negative = -static_cast<int>(x < T(0));       // all ones or 0
+  return static_cast<std::int8_t>((c ^ negative) - negative);  // -c or c
 }
 template <class T>
 MUON_HOST_DEVICE inline T q8_decode_unsigned(std::uint8_t q, T scale) {

@@ -5,9 +5,10 @@
 //   p <- p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 // with t counted per parameter from 1 (a skipped step does not advance it). Defaults are
 // torch's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.01.
-// The moments are kept in value_type, or in bf16 (Options::state; core/state_format.hpp): then
-// one pass reads both, updates them in value_type, stores them rounded and applies the update
-// with the stored values, as torch's AdamW does with bf16 state tensors.
+// The moments are kept in value_type, in bf16 or 8-bit block-wise (Options::state;
+// core/state_format.hpp): then one pass reads both, updates them in value_type, stores them in
+// their format and applies the update, with the stored values (bf16, as torch's AdamW does with
+// bf16 state tensors) or the values before quantization (q8, as bitsandbytes' AdamW8bit does).
 // Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019).
 #include <cmath>
 #include <cstdint>
@@ -30,7 +31,7 @@ class AdamW {
     double beta2 = 0.999;
     double eps = 1e-8;
     double weight_decay = 0.01;
-    StateStorage state{};  // exp_avg and exp_avg_sq: full (value_type) or bf16
+    StateStorage state{};  // exp_avg and exp_avg_sq: full (value_type), bf16 or q8
   };
 
   template <class B>
@@ -148,8 +149,10 @@ class AdamW {
   // Both moments in q8, one block per call (the index is the block, the value its old exp_avg
   // scale, the result its new one): the first loop finds the new moments' block maxima, the
   // second recomputes them (from the codes not yet overwritten), stores their codes and applies
-  // the update with the stored values. Stochastic rounding is a template argument, so that the
-  // nearest-even loops carry no hashing.
+  // the update with the new moments as computed, before quantization (as bitsandbytes' 8-bit
+  // optimizers do; bf16 state applies the stored values, as torch does with bf16 state
+  // tensors). Stochastic rounding is a template argument, so that the nearest-even loops carry
+  // no hashing.
   template <class T, bool Stochastic>
   struct UpdateQ8 {
     T* p;
@@ -192,7 +195,7 @@ class AdamW {
         const std::uint8_t vq = detail::q8_encode_unsigned(vi, v_max, Stochastic, sv, k);
         m_codes[i] = mq;
         v_codes[i] = vq;
-        param[i] = step(param[i], detail::q8_decode_signed(mq, m_max), detail::q8_decode_unsigned(vq, v_max));
+        param[i] = step(param[i], mi, vi);
       }
       v_scales[s] = v_max;
       return m_max;
