@@ -50,7 +50,6 @@
 
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
-#include "muon/core/functors.hpp"
 #include "muon/core/low_precision.hpp"
 
 namespace muon {
@@ -103,7 +102,8 @@ MUON_HOST_DEVICE inline std::uint32_t random16(std::uint64_t stream, std::uint64
 
 // v rounded to bf16 bits as the state rounding says, saturated to the finite range; NaN and Inf
 // stay what they are. Without branches (selects only), so that the loops calling it vectorize;
-// the random bits are computed either way and used only when stochastic.
+// the update functors pass `stochastic` as a constant (a template argument), so that a
+// nearest-even loop computes no random bits.
 template <class V>
 MUON_HOST_DEVICE inline std::uint16_t encode_state_bf16(V v, bool stochastic, std::uint64_t stream, std::uint64_t k) {
   V c = v;
@@ -151,8 +151,8 @@ MUON_HOST_DEVICE inline T q8_decode_signed(std::int8_t q, T scale) {
 }
 // `scale` is the block's largest magnitude (0: everything encodes to 0). A division, not a
 // reciprocal: the largest value must give exactly 1, subnormal scales included.
-// Written without a data-dependent select (integer min, masks, and a two's-complement negation): a
-// compiler turns selects into branches, threads the square roots into them, and then cannot
+// Written without a data-dependent select (integer min, masks, a two's-complement negation):
+// a compiler turns selects into branches, threads the square roots into them, and then cannot
 // vectorize the loop (a square root may not be speculated).
 template <class T>
 MUON_HOST_DEVICE inline T q8_unit(T magnitude, T scale) {

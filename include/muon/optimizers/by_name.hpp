@@ -20,9 +20,10 @@
 // .total_steps / .min_lr_ratio, loss_scaling, threads, orthogonalizer.precision = full | bf16,
 // modular.depth / .shape, and the state formats (core/state_format.hpp): momentum_state.format
 // = full | bf16 and .rounding = nearest_even | stochastic, filter.state.format / .rounding
-// (Grokfast EMA), fallback.state.format = full | bf16 | q8 / .rounding / .block (AdamW, Lion). For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's
-// fields are accepted without the prefix too (lr=1e-3). An unknown name or field, or a value that does not parse, throws muon::Error
-// that says which, and lists what is accepted.
+// (Grokfast EMA), fallback.state.format = full | bf16 | q8 / .rounding / .block (AdamW, Lion).
+// For the one-optimizer names (adamw, sgd, lion, grokfast) the fallback's fields are accepted
+// without the prefix too (lr=1e-3). An unknown name or field, or a value that does not parse,
+// throws muon::Error that says which, and lists what is accepted.
 //
 // muon_clip and muon_grokfast_clip take each step's per-head max logits through the handle,
 // opt->set_max_logits("layer0.q", "layer0.k", s_max), as the typed muon::set_max_logits.

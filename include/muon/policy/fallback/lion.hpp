@@ -6,8 +6,9 @@
 // Every element moves by exactly lr (plus the decay) whatever the gradient's magnitude, so Lion
 // wants a smaller lr (3-10x) and a larger weight decay than AdamW. Defaults are lion-pytorch's:
 // lr 1e-4, betas (0.9, 0.99), weight_decay 0.
-// The momentum is kept in value_type, or in bf16 (Options::state; core/state_format.hpp): then
-// one pass reads it, moves the parameter and stores the new momentum rounded.
+// The momentum is kept in value_type, in bf16 or 8-bit block-wise (Options::state;
+// core/state_format.hpp): then one pass reads it, moves the parameter and stores the new
+// momentum in its format.
 // Chen et al., "Symbolic Discovery of Optimization Algorithms" (arXiv:2302.06675);
 // github.com/lucidrains/lion-pytorch (lion_pytorch/lion_pytorch.py).
 #include <cstdint>
@@ -28,7 +29,7 @@ class Lion {
     double beta1 = 0.9;
     double beta2 = 0.99;
     double weight_decay = 0.0;
-    StateStorage state{};  // exp_avg: full (value_type) or bf16
+    StateStorage state{};  // exp_avg: full (value_type), bf16 or q8
   };
 
   template <class B>
