@@ -6,9 +6,12 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <muon/backend/eigen.hpp>
 #include <muon/muon.hpp>
+#include <random>
 #include <sstream>
 #include <vector>
 
@@ -273,4 +276,76 @@ TEST_CASE("constraint state is readable through a const optimizer", "[hardening]
   CHECK_FALSE(state.reported());
   CHECK_THROWS_WITH(view.constraint_state(id + 1), Catch::Contains("no parameter with id 1 (1 registered)"));
   CHECK_THROWS_AS(opt.name(7), muon::Error);
+}
+
+namespace {
+// The conditional forms the vectorizable functors replaced (written out as they were).
+template <class V>
+V lerp_conditional(V x, V y, V w) {
+  const V h = y * V(0.5) - x * V(0.5);
+  return (w < V(0.5) && w > V(-0.5)) ? x + (V(2) * w) * h : y - h * (V(2) * (V(1) - w));
+}
+template <class V>
+V saturate_conditional(V x, V max) {
+  return x > max ? max : (x < -max ? -max : x);
+}
+template <class V>
+std::int8_t q8_signed_conditional(V x, V scale) {
+  V r = scale > V(0) ? (x < V(0) ? -x : x) / scale : V(0);
+  r = r >= V(0) ? (r < V(1) ? r : V(1)) : V(0);
+  const int q = static_cast<int>(V(127) * std::sqrt(r) + V(0.5));
+  const int c = q > 127 ? 127 : q;
+  return static_cast<std::int8_t>(x < V(0) ? -c : c);
+}
+template <class V>
+std::uint8_t q8_unsigned_conditional(V v, V scale) {
+  V r = scale > V(0) ? v / scale : V(0);
+  r = r >= V(0) ? (r < V(1) ? r : V(1)) : V(0);
+  const int q = static_cast<int>(V(255) * std::sqrt(std::sqrt(r)) + V(0.5));
+  const int c = q > 255 ? 255 : q;
+  return static_cast<std::uint8_t>(v > V(0) && scale > V(0) && c < 1 ? 1 : c);
+}
+template <class V>
+bool same_bits(V a, V b) {
+  return std::memcmp(&a, &b, sizeof(V)) == 0;
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("branch-free functors give the bits of the conditional forms they replaced", "[hardening][numerics]",
+                   float, double) {
+  using V = TestType;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> unit(-1.0, 1.0);
+  std::uniform_int_distribution<int> decade(-30, 30);
+  const auto value = [&] { return static_cast<V>(unit(rng) * std::pow(10.0, decade(rng))); };
+  const V max = std::numeric_limits<V>::max();
+  const V specials[] = {V(0), -V(0), V(1), -V(1), max, -max, std::numeric_limits<V>::denorm_min(),
+                        std::numeric_limits<V>::infinity(), -std::numeric_limits<V>::infinity()};
+  for (const V w : {V(0), V(0.05), V(0.1), V(0.4999), V(0.5), V(0.9), V(0.95), V(0.999), V(1)}) {
+    for (int i = 0; i < 20000; ++i) {
+      const V x = value(), y = value();
+      REQUIRE(same_bits(muon::fn::Lerp<V>{w}(x, y), lerp_conditional(x, y, w)));
+    }
+    for (const V x : specials)
+      for (const V y : specials)
+        if (std::isfinite(x) && std::isfinite(y)) REQUIRE(same_bits(muon::fn::Lerp<V>{w}(x, y), lerp_conditional(x, y, w)));
+  }
+  for (int i = 0; i < 20000; ++i) {
+    const V x = value() * V(1e10), m = std::abs(value());
+    REQUIRE(same_bits(muon::fn::saturate(x, m), saturate_conditional(x, m)));
+    REQUIRE(same_bits(muon::fn::pick(i % 2 == 0, x, m), i % 2 == 0 ? x : m));
+  }
+  const V nan = std::numeric_limits<V>::quiet_NaN();
+  CHECK(std::isnan(muon::fn::saturate(nan, max)));
+  CHECK(same_bits(muon::fn::pick(true, -V(0), V(0)), -V(0)));
+  CHECK(std::isnan(muon::fn::pick(false, V(1), nan)));
+  // The q8 code against its conditional form, values spread over the block's range and beyond
+  // it, zero and subnormal scales included.
+  for (int i = 0; i < 50000; ++i) {
+    const V scale = i % 97 == 0 ? V(0) : (i % 89 == 0 ? std::numeric_limits<V>::denorm_min() : std::abs(value()));
+    const V x = i % 13 == 0 ? value() : scale * static_cast<V>(unit(rng) * 1.01);
+    REQUIRE(muon::detail::q8_encode_signed(x, scale, false, 0, 0) == q8_signed_conditional(x, scale));
+    const V v = std::abs(x);
+    REQUIRE(muon::detail::q8_encode_unsigned(v, scale, false, 0, 0) == q8_unsigned_conditional(v, scale));
+  }
 }
