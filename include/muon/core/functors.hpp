@@ -10,12 +10,17 @@
 
 namespace muon::fn {
 
+// The unsigned integer of T's width (float: 32 bits, double: 64), for bit-level selects and
+// orderings.
+template <class T>
+using bits_of_t = std::conditional_t<sizeof(T) == sizeof(std::uint32_t), std::uint32_t, std::uint64_t>;
+
 // c ? a : b, by bit masks. The same value as the conditional, but GCC (12) vectorizes a select
 // whose condition is a loop-invariant bool (a functor's option: Nesterov or not, a first call)
 // only in this form; as a conditional, the whole loop around it stays scalar.
 template <class T>
 MUON_HOST_DEVICE inline T pick(bool c, T a, T b) {
-  using Bits = std::conditional_t<sizeof(T) == sizeof(std::uint32_t), std::uint32_t, std::uint64_t>;
+  using Bits = bits_of_t<T>;
   const Bits mask = Bits(0) - static_cast<Bits>(c);
   return std::bit_cast<T>((std::bit_cast<Bits>(a) & mask) | (std::bit_cast<Bits>(b) & ~mask));
 }

@@ -50,6 +50,7 @@
 
 #include "muon/core/config.hpp"
 #include "muon/core/error.hpp"
+#include "muon/core/functors.hpp"
 #include "muon/core/low_precision.hpp"
 
 namespace muon {
@@ -127,7 +128,7 @@ MUON_HOST_DEVICE inline std::uint16_t encode_state_bf16(V v, bool stochastic, st
 // largest magnitude is an integer maximum, which compilers vectorize (a float maximum under IEEE
 // rules they do not).
 template <class T>
-using magnitude_bits_t = std::conditional_t<sizeof(T) == sizeof(std::uint32_t), std::uint32_t, std::uint64_t>;
+using magnitude_bits_t = fn::bits_of_t<T>;
 template <class T>
 MUON_HOST_DEVICE inline magnitude_bits_t<T> magnitude_bits(T x) {
   return std::bit_cast<magnitude_bits_t<T>>(x) & (~magnitude_bits_t<T>(0) >> 1);
